@@ -1,0 +1,1 @@
+"""Evaluation: feature spaces, cached real references, overall and per-class metrics."""

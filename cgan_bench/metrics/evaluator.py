@@ -1,0 +1,79 @@
+"""One evaluation = one class-balanced generation + one feature pass; every metric comes from those features."""
+import time
+
+import pandas as pd
+import torch
+
+from ..data import ImageData
+from ..io import atomic_write_text
+from ..train.run_dir import RunDir
+from ..train.samples import to_uint8
+from .compute import evenly_spaced, overall_metrics, per_class_metrics, summarize_per_class
+from .feature_space import FeatureSpace
+from .reference import load_or_compute_reference
+
+EVAL_NOISE_OFFSET = 7919  # evaluation noise seed = run seed + this, independent of the training RNG
+
+
+class Evaluator:
+    def __init__(self, eval_cfg, space: FeatureSpace, real: ImageData, run: RunDir, device, z_dim: int, seed: int,
+                 tracker=None):
+        self.cfg, self.space, self.run, self.device, self.z_dim, self.seed = eval_cfg, space, run, device, z_dim, seed
+        self.tracker = tracker
+        self.every = int(eval_cfg.every)
+        self.n_classes, self.real_split = real.n_classes, real.split
+        ref = load_or_compute_reference(space, real, eval_cfg.batch_size, eval_cfg.get("cache_dir"))
+        self.real_features, self.real_labels = ref["features"], ref["labels"]
+        n_real = len(real) if eval_cfg.n_real < 0 else min(eval_cfg.n_real, len(real))
+        # a fixed, seeded subset of the real split for FID/KID/PR (the paper: 10k real)
+        subset = torch.randperm(len(real), generator=torch.Generator().manual_seed(2020))[:n_real]
+        self.fid_real = self.real_features[subset]
+        self.probe = ref.get("probe")
+
+    def class_logits(self, features: torch.Tensor) -> torch.Tensor:
+        if self.space.classify is not None:
+            with torch.no_grad():
+                return self.space.classify(features.to(self.device)).float().cpu()
+        return features @ self.probe["weight"].T + self.probe["bias"]
+
+    @torch.no_grad()
+    def generate_features(self, G, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Class-balanced samples from fixed noise (same z every evaluation of this run), embedded once."""
+        per_class = max(2, n // self.n_classes)
+        labels = torch.arange(self.n_classes, device=self.device).repeat_interleave(per_class)
+        g = torch.Generator(device=self.device).manual_seed(self.seed + EVAL_NOISE_OFFSET)
+        z = torch.randn(len(labels), self.z_dim, generator=g, device=self.device)
+        was_training = G.training
+        G.eval()
+        feats, logits = [], []
+        for zb, yb in zip(z.split(self.cfg.batch_size), labels.split(self.cfg.batch_size)):
+            f, l = self.space.extract(to_uint8(G(zb, yb)), self.cfg.batch_size)
+            feats.append(f)
+            logits.append(l)
+        G.train(was_training)
+        return torch.cat(feats), torch.cat(logits), labels.cpu()
+
+    def evaluate(self, G, iteration: int, phase: str) -> dict:
+        t0 = time.perf_counter()
+        n = self.cfg.curve_generated if phase == "curve" else self.cfg.n_generated
+        feats, logits, labels = self.generate_features(G, n)
+        fid_fake = feats[evenly_spaced(len(feats), min(self.cfg.n_fake, len(feats)))]  # class-balanced subset
+        record = {"iteration": iteration, "phase": phase}
+        record.update(overall_metrics(fid_fake, self.fid_real, logits, isc_splits=self.cfg.isc_splits,
+                                      kid_subset_size=self.cfg.kid_subset_size, prc_k=self.cfg.prc_neighborhood))
+        class_logits = self.class_logits(feats)
+        rows = per_class_metrics(feats, class_logits, labels, self.real_features, self.real_labels, self.n_classes,
+                                 coverage_k=self.cfg.coverage_k, pairs_max=self.cfg.diversity_pairs_max,
+                                 collapse_threshold=self.cfg.collapse_threshold)
+        record.update(summarize_per_class(rows))
+        record["class_accuracy"] = (class_logits.argmax(1) == labels).float().mean().item()
+        record.update({"feature_space": self.space.name, "n_fake": len(fid_fake), "n_real": len(self.fid_real),
+                       "n_generated": len(feats), "real_split": self.real_split, "isc_splits": self.cfg.isc_splits,
+                       "classifier_test_accuracy": self.space.classifier_test_accuracy,
+                       "eval_s": round(time.perf_counter() - t0, 3)})
+        self.run.log(record)
+        if phase == "final":
+            atomic_write_text(self.run.per_class_file, pd.DataFrame(rows).to_csv(index=False))
+        if self.tracker is not None:
+            self.tracker.log(record, per_class=rows if phase == "final" else None)
+        return record

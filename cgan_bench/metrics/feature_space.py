@@ -1,0 +1,105 @@
+"""Feature spaces: what images are embedded with before any metric is computed.
+
+`inception`: torch-fidelity's TF-compatible InceptionV3 ('2048' pool features, 'logits_unbiased' for IS),
+  the paper's space. Class accuracy uses a linear probe fit on real features (cached with them).
+`classifier`: the harness's own domain classifier (penultimate features, its logits for IS and accuracy).
+"""
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from filelock import FileLock
+from torch import nn
+
+from ..data import ImageData
+from .classifier import load_or_train_classifier
+
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
+
+
+class WeightsMissingError(RuntimeError):
+    """Feature-extractor weights are absent and cannot be downloaded; the message says where they go."""
+
+
+def default_inception_path() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+
+
+def inception_weights_path(configured: str | None) -> Path:
+    """The weights file to use: eval.inception_weights, else torch-fidelity's cache (downloaded if possible)."""
+    from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
+    if configured:
+        path = Path(configured).expanduser()
+        if not path.is_file():
+            raise WeightsMissingError(f"eval.inception_weights={path} does not exist; download {URL_INCEPTION_V3} "
+                                      f"to that path, or leave eval.inception_weights unset to use {default_inception_path()}")
+        return path
+    path = default_inception_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not path.is_file():
+            try:
+                torch.hub.download_url_to_file(URL_INCEPTION_V3, str(path), progress=False)
+            except Exception as e:
+                raise WeightsMissingError(
+                    f"Inception weights {INCEPTION_FILE} are missing and could not be downloaded ({type(e).__name__}: "
+                    f"{e}). Download {URL_INCEPTION_V3} and put it at {path} (or pass eval.inception_weights=PATH), "
+                    f"or evaluate in the harness's own space with eval.feature_space=classifier.") from None
+    return path
+
+
+@contextlib.contextmanager
+def exact_float32():
+    """Metrics are computed with TF32 off, so numbers do not depend on the GPU generation."""
+    conv, matmul = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cudnn.conv.fp32_precision = "ieee"
+    torch.backends.cuda.matmul.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul
+
+
+@dataclass
+class FeatureSpace:
+    name: str  # written into every result as `feature_space`
+    key: str  # cache identity (includes the classifier's recipe)
+    model: nn.Module  # uint8 images -> (features, logits)
+    classify: Callable[[torch.Tensor], torch.Tensor] | None = None  # features -> class logits; None = probe
+    classifier_test_accuracy: float | None = None
+
+    @torch.no_grad()
+    def extract(self, images: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, IS logits) as float32 CPU tensors, one pass in large batches."""
+        feats, logits = [], []
+        with exact_float32():
+            for batch in images.split(batch_size):
+                f, l = self.model(batch)
+                feats.append(f.float().cpu())
+                logits.append(l.float().cpu())
+        return torch.cat(feats), torch.cat(logits)
+
+
+class _InceptionPoolAndLogits(nn.Module):
+    def __init__(self, weights: Path):
+        super().__init__()
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                               feature_extractor_weights_path=str(weights))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def make_feature_space(name: str, train: ImageData, test: ImageData, device, *, inception_weights: str | None = None,
+                       classifier_epochs: int = 30, cache_dir: str | None = None) -> FeatureSpace:
+    if name == "inception":
+        model = _InceptionPoolAndLogits(inception_weights_path(inception_weights)).to(device)
+        return FeatureSpace("inception", "inception", model)
+    if name == "classifier":
+        model, acc = load_or_train_classifier(train, test, device, classifier_epochs, cache_dir)
+        return FeatureSpace("classifier", f"classifier-e{classifier_epochs}", model, classify=model.fc,
+                            classifier_test_accuracy=acc)
+    raise ValueError(f"unknown feature space {name!r}; choose inception or classifier")

@@ -1,0 +1,53 @@
+"""Real-data reference features: computed once per (dataset, split, count, resolution, preprocessing,
+feature space, content) and stored on disk; parallel jobs wait on a lock and share one file."""
+import hashlib
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+
+from ..data import ImageData
+from ..io import atomic_torch_save
+from .cache import cache_key, cache_root
+from .feature_space import FeatureSpace
+
+
+def fingerprint(data: ImageData) -> str:
+    """Short content hash, so two image folders with the same name never share a cache entry."""
+    h = hashlib.sha1()
+    h.update(data.images.cpu().numpy().tobytes())
+    h.update(data.labels.cpu().numpy().tobytes())
+    return h.hexdigest()[:10]
+
+
+def reference_path(space: FeatureSpace, data: ImageData, cache_dir: str | None) -> Path:
+    key = cache_key(dataset=data.name, split=data.split, count=len(data), resolution=data.resolution,
+                    feature_space=space.key)
+    return cache_root(cache_dir) / "reference" / f"{key}-{fingerprint(data)}.pt"
+
+
+def fit_probe(features: torch.Tensor, labels: torch.Tensor, n_classes: int) -> dict:
+    """A multinomial logistic-regression probe on real features (for class accuracy in Inception space)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    scaler = StandardScaler().fit(features.numpy())
+    clf = LogisticRegression(max_iter=500).fit(scaler.transform(features.numpy()), labels.numpy())
+    weight = torch.tensor(clf.coef_ / scaler.scale_[None], dtype=torch.float32)
+    bias = torch.tensor(clf.intercept_ - (clf.coef_ * (scaler.mean_ / scaler.scale_)[None]).sum(1), dtype=torch.float32)
+    return {"weight": weight, "bias": bias}
+
+
+def load_or_compute_reference(space: FeatureSpace, data: ImageData, batch_size: int,
+                              cache_dir: str | None = None) -> dict:
+    """{'features', 'logits', 'labels', 'probe'?} for every image of the real split (CPU tensors)."""
+    path = reference_path(space, data, cache_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.exists():
+            return torch.load(path, weights_only=True)
+        features, logits = space.extract(data.images, batch_size)
+        ref = {"features": features, "logits": logits, "labels": data.labels.cpu(), "key": path.stem}
+        if space.classify is None:
+            ref["probe"] = fit_probe(features, ref["labels"], data.n_classes)
+        atomic_torch_save(path, ref)
+        return ref

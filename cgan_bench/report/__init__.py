@@ -1,0 +1,1 @@
+"""Reports: run directories -> pandas -> markdown and plots."""

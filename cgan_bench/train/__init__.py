@@ -1,0 +1,1 @@
+"""Training: the loop, losses, checkpoints, sample grids and the run directory."""

@@ -1,0 +1,48 @@
+"""Checkpoints: everything needed to continue a run bit-for-bit, written atomically, the previous one kept."""
+import warnings
+from pathlib import Path
+
+import torch
+
+from ..io import atomic_torch_save
+
+LAST, PREVIOUS = "last.pt", "previous.pt"
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(folder: Path, state: dict) -> Path:
+    """Write last.pt via temp + rename; the old last.pt becomes previous.pt only once the new one is complete."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp_final = folder / ".next.pt"
+    atomic_torch_save(tmp_final, state)
+    if (folder / LAST).exists():
+        (folder / LAST).replace(folder / PREVIOUS)
+    tmp_final.replace(folder / LAST)
+    return folder / LAST
+
+
+def load_checkpoint(folder: Path, map_location="cpu") -> dict | None:
+    """The newest readable checkpoint (last.pt, else previous.pt with a warning), or None if there is none."""
+    folder = Path(folder)
+    for name in (LAST, PREVIOUS):
+        path = folder / name
+        if not path.exists():
+            continue
+        try:
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # truncated or corrupt file
+            warnings.warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); trying an older one")
+    return None

@@ -1,0 +1,178 @@
+"""The training loop: one readable function, the paper's recipe, no knowledge of which head it trains.
+
+Per G iteration (as in the official code): one G step on `batch_g` fakes, then `n_dis` D steps,
+each on `batch_d` real + `batch_d` fresh fake images. Losses are read back from the device only
+at log intervals.
+"""
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from ..data import ImageData
+from ..heads import build_head
+from ..models import Discriminator, Generator, trunk_depth
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .losses import LOSSES
+from .run_dir import RunDir
+from .samples import class_grid, save_png
+
+
+class Diverged(RuntimeError):
+    """Training produced non-finite or exploding values."""
+
+
+def build_models(cfg, n_classes: int, device) -> tuple[Generator, Discriminator]:
+    resolution = cfg.dataset.resolution
+    n_blocks, _ = trunk_depth(resolution)
+    head_params = {k: v for k, v in cfg.head.items() if k != "name"}
+    head = build_head(cfg.head.name, n_classes=n_classes, feature_dim=cfg.model.d_ch, n_blocks=n_blocks, **head_params)
+    G = Generator(n_classes, resolution, cfg.model.g_ch, cfg.model.z_dim).to(device)
+    D = Discriminator(head, resolution, cfg.model.d_ch).to(device)
+    return G, D
+
+
+def linear_decay(total: int, start: int):
+    """LR multiplier: 1 until `start`, then linearly to 0 at `total` (Chainer's LinearShift)."""
+    def factor(it: int) -> float:
+        if it < start:
+            return 1.0
+        return max(0.0, 1.0 - (it - start) / max(1, total - start))
+    return factor
+
+
+def dequantize(x_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 -> [-1, 1) plus uniform noise U(0, 1/128), as in the paper's data pipeline."""
+    x = x_uint8.float() / 128.0 - 1.0
+    return x + torch.rand_like(x) / 128.0
+
+
+@dataclass
+class Trainer:
+    cfg: object
+    data: ImageData
+    run: RunDir
+    device: torch.device
+    evaluator: object = None  # metrics.Evaluator: .evaluate(G, iteration, phase) appends to the run directory
+    tracker: object = None  # report.tracking: .log(record), .image(name, img, it), .finish()
+
+    def __post_init__(self):
+        torch.manual_seed(self.cfg.seed)
+        t = self.cfg.train
+        self.G, self.D = build_models(self.cfg, self.data.n_classes, self.device)
+        adam = dict(lr=t.lr, betas=(t.beta1, t.beta2), foreach=True)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), **adam)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), **adam)
+        decay = linear_decay(t.iterations, t.lr_decay_start)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, decay)
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, decay)
+        self.loss_d, self.loss_g = LOSSES[t.loss]
+        self.iteration, self.wall_s = 0, 0.0
+
+    # ---- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"G": self.G.state_dict(), "D": self.D.state_dict(), "opt_g": self.opt_g.state_dict(),
+                "opt_d": self.opt_d.state_dict(), "sched_g": self.sched_g.state_dict(),
+                "sched_d": self.sched_d.state_dict(), "iteration": self.iteration, "wall_s": self.wall_s,
+                "rng": rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_d.load_state_dict(state["sched_d"])
+        self.iteration, self.wall_s = state["iteration"], state["wall_s"]
+        set_rng_state(state["rng"])
+
+    def resume(self) -> bool:
+        state = load_checkpoint(self.run.checkpoints, map_location=self.device)
+        if state is None:
+            return False
+        self.load_state_dict(state)
+        self.run.drop_metrics_after(self.iteration)
+        return True
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.run.checkpoints, self.state_dict())
+
+    # ---- one iteration -----------------------------------------------------------------------
+    def fake_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        z = torch.randn(n, self.cfg.model.z_dim, device=self.device)
+        y = torch.randint(0, self.data.n_classes, (n,), device=self.device)
+        return z, y
+
+    def step(self) -> dict[str, torch.Tensor]:
+        """One G update then n_dis D updates; returns device tensors (no host sync here)."""
+        t, head = self.cfg.train, self.D.head
+        z, y_fake = self.fake_batch(t.batch_g)
+        out_fake = self.D(self.G(z, y_fake), y_fake)
+        g_loss = self.loss_g(out_fake.adv) + head.g_aux_loss(out_fake, y_fake)
+        self.opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()  # D also receives grads here; they are cleared before D's step
+        self.opt_g.step()
+
+        for _ in range(t.n_dis):
+            x_real, y_real = self.data.sample(t.batch_d)
+            z, y_fake = self.fake_batch(t.batch_d)
+            with torch.no_grad():
+                x_fake = self.G(z, y_fake)
+            out_real, out_fake = self.D(dequantize(x_real), y_real), self.D(x_fake, y_fake)
+            d_loss = self.loss_d(out_real.adv, out_fake.adv) + head.d_aux_loss(out_real, y_real, out_fake, y_fake)
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+        self.sched_g.step()
+        self.sched_d.step()
+        return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(),
+                "d_real": out_real.adv.detach().float().mean(), "d_fake": out_fake.adv.detach().float().mean()}
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def save_samples(self, name: str) -> None:
+        grid = class_grid(self.G, self.data.n_classes, self.cfg.model.z_dim, self.device, seed=self.cfg.seed + 1234)
+        save_png(grid, self.run.samples / f"{name}.png")
+        if self.tracker is not None:
+            self.tracker.image("samples", grid, self.iteration)
+
+    def status(self, state: str, start_it: int, t0: float, reason: str = "") -> None:
+        done = self.iteration - start_it
+        elapsed = time.perf_counter() - t0
+        self.run.write_status(state, self.iteration, self.cfg.train.iterations, self.wall_s,
+                              round(done / elapsed, 3) if done and elapsed > 0 else None, reason)
+
+    def fit(self) -> None:
+        t = self.cfg.train
+        start_it = self.iteration
+        t0, last = time.perf_counter(), time.perf_counter()
+        self.status("running", start_it, t0)
+        bar = tqdm(total=t.iterations, initial=self.iteration, desc=f"{self.cfg.head.name}", unit="it",
+                   dynamic_ncols=True, mininterval=1.0)
+        while self.iteration < t.iterations:
+            losses = self.step()
+            self.iteration += 1
+            bar.update(1)
+            now = time.perf_counter()
+            self.wall_s += now - last
+            last = now
+            it = self.iteration
+            if it % t.log_every == 0 or it == t.iterations:
+                values = dict(zip(losses, torch.stack(list(losses.values())).tolist()))  # one host sync
+                if not all(math.isfinite(v) for v in values.values()) or abs(values["d_real"]) > t.max_abs_logit:
+                    raise Diverged(f"non-finite or exploding values at iteration {it}: {values}")
+                record = {"iteration": it, "phase": "train", **values, "lr": self.sched_g.get_last_lr()[0]}
+                self.run.log(record)
+                if self.tracker is not None:
+                    self.tracker.log(record)
+                bar.set_postfix(d=f"{values['d_loss']:.3f}", g=f"{values['g_loss']:.3f}")
+                self.status("running", start_it, t0)
+            if it % t.sample_every == 0 or it == t.iterations:
+                self.save_samples(f"iter_{it:07d}")
+            if self.evaluator is not None and self.evaluator.every and it % self.evaluator.every == 0 \
+                    and it != t.iterations:
+                self.evaluator.evaluate(self.G, it, "curve")
+            if it % t.checkpoint_every == 0 or it == t.iterations:
+                self.checkpoint()
+        bar.close()

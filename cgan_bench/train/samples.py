@@ -1,0 +1,56 @@
+"""Sample grids (rows = classes, columns = fixed z) and the category-morphing figure of the paper."""
+from pathlib import Path
+
+import torch
+import torchvision
+
+from ..io import _replace_from_temp
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Generator output in [-1, 1] -> uint8 0..255 (torch-fidelity's convention)."""
+    return (255 * (x.clamp(-1, 1) * 0.5 + 0.5)).round().to(torch.uint8)
+
+
+def grid_classes(n_classes: int, max_rows: int = 10) -> list[int]:
+    """Which classes get a row: all of them, or `max_rows` evenly spread ones (CIFAR-100)."""
+    if n_classes <= max_rows:
+        return list(range(n_classes))
+    return torch.linspace(0, n_classes - 1, max_rows).round().long().tolist()
+
+
+@torch.no_grad()
+def class_grid(G, n_classes: int, z_dim: int, device, n_cols: int = 10, seed: int = 1234, max_rows: int = 10):
+    """uint8 (3, H', W') grid image: one row per class, the same z down each column."""
+    classes = grid_classes(n_classes, max_rows)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    z = torch.randn(n_cols, z_dim, generator=g).to(device).repeat(len(classes), 1)
+    y = torch.tensor(classes, device=device).repeat_interleave(n_cols)
+    was_training = G.training
+    G.eval()
+    images = to_uint8(G(z, y))
+    G.train(was_training)
+    return torchvision.utils.make_grid(images.cpu(), nrow=n_cols, padding=1, pad_value=255)
+
+
+@torch.no_grad()
+def morph_grid(G, class_a: int, class_b: int, n_classes: int, z_dim: int, device, n_z: int = 5, n_steps: int = 8,
+               seed: int = 1234):
+    """Category morphing: fixed z per row, the conditional-BN parameters mixed from class a to class b."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    z = torch.randn(n_z, z_dim, generator=g).to(device).repeat_interleave(n_steps, 0)
+    t = torch.linspace(0, 1, n_steps, device=device).repeat(n_z)
+    w = torch.zeros(n_z * n_steps, n_classes, device=device)
+    w[:, class_a], w[:, class_b] = 1 - t, t
+    was_training = G.training
+    G.eval()
+    images = to_uint8(G(z, w))
+    G.train(was_training)
+    return torchvision.utils.make_grid(images.cpu(), nrow=n_steps, padding=1, pad_value=255)
+
+
+def save_png(image: torch.Tensor, path: Path) -> None:
+    """Write a uint8 (3, H, W) image as PNG, atomically."""
+    from PIL import Image
+    pil = Image.fromarray(image.permute(1, 2, 0).numpy())
+    _replace_from_temp(Path(path), lambda f: pil.save(f, format="PNG"))

@@ -1,0 +1,1 @@
+"""Hydra configs of cgan-bench (installed as the package cgan_bench.conf)."""
