@@ -41,7 +41,8 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict | None:
     """Run (or resume, or skip if finished) one training job in `run_dir`; returns the final metrics."""
     run = RunDir(run_dir)
     previous = run.read_status()
-    if cfg.resume and previous and previous["state"] == "completed":
+    if cfg.resume and previous and previous["state"] == "completed" \
+            and previous.get("total_iterations") == cfg.train.iterations:
         finals = [r for r in run.metrics() if r.get("phase") == "final"]
         if finals:
             log.info("%s is already completed; skipping (delete it or set resume=false to train again)", run_dir)

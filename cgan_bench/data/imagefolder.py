@@ -24,8 +24,8 @@ def load(split: str, resolution: int, path: str | None = None, **_) -> ImageData
         raise DataMissingError(f"dataset.path={root} has no class sub-folders; put each class's png/jpg images "
                                f"in its own folder, e.g. {root}/cat/001.png")
     transform = v2.Compose([v2.PILToTensor(), v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution)])
-    ds = torchvision.datasets.ImageFolder(str(root), transform=transform, extensions=EXTENSIONS,
-                                          loader=lambda p: torchvision.datasets.folder.pil_loader(p))
+    ds = torchvision.datasets.ImageFolder(str(root), transform=transform, allow_empty=True,
+                                          is_valid_file=lambda p: p.lower().endswith(EXTENSIONS))
     if len(ds) == 0:
         raise DataMissingError(f"no {'/'.join(EXTENSIONS)} images under {root}")
     images = torch.stack([img for img, _ in ds])

@@ -4,7 +4,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..io import append_jsonl, atomic_write_json, read_jsonl
+from ..io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 
 STATES = ("running", "completed", "failed", "diverged", "preempted")
 
@@ -58,9 +58,9 @@ class RunDir:
         return read_jsonl(self.metrics_file) if self.metrics_file.exists() else []
 
     def drop_metrics_after(self, iteration: int) -> None:
-        """On resume, forget lines logged after the checkpoint we continue from (they will be logged again)."""
+        """On resume, forget lines logged after the checkpoint we continue from (they will be logged again),
+        and any final evaluation (the run is not final any more)."""
         if not self.metrics_file.exists():
             return
-        kept = [r for r in self.metrics() if r.get("iteration", 0) <= iteration]
-        from ..io import atomic_write_text
+        kept = [r for r in self.metrics() if r.get("iteration", 0) <= iteration and r.get("phase") != "final"]
         atomic_write_text(self.metrics_file, "".join(json.dumps(r) + "\n" for r in kept))

@@ -1,0 +1,121 @@
+"""Datasets: digits, CIFAR in torchvision's on-disk format written by the test, imagefolder from pngs."""
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from cgan_bench.data import DataMissingError, load_dataset
+
+
+def test_digits_is_uint8_rgb_with_a_fixed_split():
+    train = load_dataset("digits", "train", 16)
+    test = load_dataset("digits", "test", 16)
+    assert train.images.dtype == torch.uint8 and train.images.shape[1:] == (3, 16, 16)
+    assert len(train) + len(test) == 1797 and train.n_classes == 10
+    assert torch.equal(train.images[:, 0], train.images[:, 1])  # grey replicated to RGB
+    assert train.images.max() == 255 and train.images.min() == 0
+    again = load_dataset("digits", "train", 16)
+    assert torch.equal(again.images, train.images) and torch.equal(again.labels, train.labels)
+    assert (train.class_counts() > 130).all()  # stratified
+
+
+def test_digits_matches_sklearn_pixels_at_native_scale():
+    from sklearn.datasets import load_digits
+    raw = load_digits()
+    d16 = load_dataset("digits", "train", 16)
+    # every 8x8 image upsampled 2x: the mean brightness is preserved (bilinear), within rounding
+    src_mean = raw.images.mean() * 255 / 16
+    assert abs(d16.images.float().mean().item() - src_mean) < 3.0
+
+
+def test_sampling_stays_on_the_data_device():
+    d = load_dataset("digits", "train", 16)
+    x, y = d.sample(32)
+    assert x.shape == (32, 3, 16, 16) and x.dtype == torch.uint8 and y.device == d.images.device
+    # each sampled image carries its own label
+    for xi, yi in zip(x[:5], y[:5]):
+        matches = (d.images == xi).flatten(1).all(1)
+        assert yi.item() in d.labels[matches].tolist()
+
+
+def skip_md5(monkeypatch):
+    """torchvision checks each file's md5, which files the test writes cannot match; it still checks they
+    exist, and everything else is torchvision's real loader."""
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+
+
+def _write_cifar10(root, n_per_batch=20):
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
+    expected = {}
+    for name in names:
+        data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
+        labels = rng.integers(0, 10, n_per_batch).tolist()
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": data, "labels": labels, "batch_label": name}, f)
+        expected[name] = (data, labels)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"class{i}" for i in range(10)], "num_cases_per_batch": n_per_batch}, f)
+    return expected
+
+
+def test_cifar10_loader_reads_torchvision_format(tmp_path, monkeypatch):
+    expected = _write_cifar10(tmp_path)
+    skip_md5(monkeypatch)
+    train = load_dataset("cifar10", "train", 32, root=str(tmp_path), download=False)
+    test = load_dataset("cifar10", "test", 32, root=str(tmp_path), download=False)
+    assert len(train) == 100 and len(test) == 20 and train.class_names[3] == "class3"
+    data, labels = expected["data_batch_1"]
+    first = torch.from_numpy(data[0].reshape(3, 32, 32))
+    assert torch.equal(train.images[0], first) and train.labels[0].item() == labels[0]
+    small = load_dataset("cifar10", "test", 16, root=str(tmp_path), download=False)
+    assert small.images.shape == (20, 3, 16, 16) and small.images.dtype == torch.uint8
+
+
+def test_cifar100_loader_reads_torchvision_format(tmp_path, monkeypatch):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name, n in (("train", 30), ("test", 10)):
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
+                         "fine_labels": rng.integers(0, 100, n).tolist(),
+                         "coarse_labels": rng.integers(0, 20, n).tolist()}, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"c{i}" for i in range(100)]}, f)
+    skip_md5(monkeypatch)
+    train = load_dataset("cifar100", "train", 32, root=str(tmp_path), download=False)
+    assert len(train) == 30 and train.n_classes == 100
+
+
+def test_missing_cifar_without_network_says_where_files_go(tmp_path):
+    with pytest.raises(DataMissingError) as err:
+        load_dataset("cifar10", "train", 32, root=str(tmp_path / "empty"), download=True)
+    msg = str(err.value)
+    assert "cifar-10-python.tar.gz" in msg and str(tmp_path / "empty") in msg and "dataset.root" in msg
+
+
+def test_imagefolder_resizes_and_center_crops(tmp_path):
+    colours = {"red": (255, 0, 0), "blue": (0, 0, 255)}
+    for name, rgb in colours.items():
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            img = Image.new("RGB", (40, 20), rgb)  # wide: the center crop keeps the middle square
+            img.save(tmp_path / name / f"{i}.png")
+    (tmp_path / "red" / "notes.txt").write_text("ignored")
+    d = load_dataset("imagefolder", "train", 16, path=str(tmp_path))
+    assert d.images.shape == (6, 3, 16, 16) and d.class_names == ["blue", "red"]
+    blue = d.images[d.labels == 0].float().mean(dim=(0, 2, 3))
+    assert blue[2] > 250 and blue[0] < 5
+
+
+def test_imagefolder_without_class_folders_is_a_clear_error(tmp_path):
+    (tmp_path / "loose.png").write_bytes(b"")
+    with pytest.raises(DataMissingError, match="no class sub-folders"):
+        load_dataset("imagefolder", "train", 16, path=str(tmp_path))
