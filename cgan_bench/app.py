@@ -23,6 +23,7 @@ from .metrics.feature_space import WeightsMissingError, make_feature_space
 from .train.loop import Diverged, Trainer
 from .train.run_dir import RunDir
 from .train.samples import morph_grid, save_png
+from .tracking import WandbTracker, resolve_mode
 
 log = logging.getLogger("cgan_bench")
 CONF_DIR = str(files("cgan_bench.conf"))
@@ -37,8 +38,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run_job(cfg: DictConfig, run_dir: Path) -> dict | None:
-    """Run (or resume, or skip if finished) one training job in `run_dir`; returns the final metrics."""
+def run_job(cfg: DictConfig, run_dir: Path, group: str = "single") -> dict | None:
+    """Run (or resume, or skip if finished) one training job in `run_dir`; returns the final metrics.
+    `group` names the sweep for W&B."""
     run = RunDir(run_dir)
     previous = run.read_status()
     if cfg.resume and previous and previous["state"] == "completed" \
@@ -48,7 +50,7 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict | None:
             log.info("%s is already completed; skipping (delete it or set resume=false to train again)", run_dir)
             return finals[-1]
     t_start = time.perf_counter()
-    trainer = None
+    trainer, tracker = None, None
     try:
         validate(cfg)
         device = resolve_device(str(cfg.device))
@@ -62,10 +64,12 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict | None:
                                    inception_weights=e.inception_weights, classifier_epochs=e.classifier_epochs,
                                    cache_dir=e.cache_dir)
         real = train_data if e.real_split == "train" else test_data
-        trainer = Trainer(cfg, train_data.to(device), run, device)
+        if resolve_mode(cfg.wandb.mode) != "disabled":
+            tracker = WandbTracker(cfg, run.path, group=group, job_type=cfg.head.name)
+        trainer = Trainer(cfg, train_data.to(device), run, device, tracker=tracker)
         if cfg.resume and trainer.resume():
             log.info("resuming %s at iteration %d", run_dir, trainer.iteration)
-        trainer.evaluator = Evaluator(e, space, real.to(device), run, device, cfg.model.z_dim, cfg.seed)
+        trainer.evaluator = Evaluator(e, space, real.to(device), run, device, cfg.model.z_dim, cfg.seed, tracker)
         trainer.fit()
         final = trainer.evaluator.evaluate(trainer.G, trainer.iteration, "final")
         trainer.save_samples("final")
@@ -73,6 +77,8 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict | None:
             save_png(morph_grid(trainer.G, 0, 1, train_data.n_classes, cfg.model.z_dim, device),
                      run.samples / "morph.png")
         trainer.status("completed", 0, t_start)
+        if tracker is not None:
+            tracker.finish(0)
         return final
     except USER_ERRORS as err:
         run.write_status("failed", 0, int(cfg.train.iterations), time.perf_counter() - t_start, None, str(err))
@@ -81,11 +87,15 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict | None:
         it = trainer.iteration if trainer else 0
         run.write_status("diverged", it, int(cfg.train.iterations), time.perf_counter() - t_start, None, str(err))
         log.error("run diverged: %s", err)
+        if tracker is not None:
+            tracker.finish(1)
         return None
     except BaseException as err:
         it = trainer.iteration if trainer else 0
         reason = f"{type(err).__name__}: {err}"
         run.write_status("failed", it, int(cfg.train.iterations), time.perf_counter() - t_start, None, reason)
+        if tracker is not None:
+            tracker.finish(1)
         raise
 
 
@@ -93,10 +103,18 @@ def run_job(cfg: DictConfig, run_dir: Path) -> dict | None:
 def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     try:
-        final = run_job(cfg, Path(hc.runtime.output_dir))
+        multirun = hc.mode == RunMode.MULTIRUN
+        group = Path(hc.sweep.dir).name if multirun else Path(hc.runtime.output_dir).name
+        final = run_job(cfg, Path(hc.runtime.output_dir), group)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
-        if hc.mode == RunMode.MULTIRUN:
+        if multirun:
             return None  # recorded as failed in the run directory; the sweep goes on
         sys.exit(2)
+    except Exception:
+        if not multirun:
+            raise
+        # recorded as failed in status.json; keep the sweep (and its final report) going
+        log.exception("job failed; the sweep continues")
+        return None
     return None if final is None else final.get("fid")

@@ -3,7 +3,9 @@ import time
 
 import pandas as pd
 import torch
+import torch_fidelity
 
+from .. import __version__
 from ..data import ImageData
 from ..io import atomic_write_text
 from ..train.run_dir import RunDir
@@ -12,6 +14,7 @@ from .compute import evenly_spaced, overall_metrics, per_class_metrics, summariz
 from .feature_space import FeatureSpace
 from .reference import load_or_compute_reference
 
+SOFTWARE = f"cgan-bench {__version__}, torch {torch.__version__}, torch-fidelity {torch_fidelity.__version__}"
 EVAL_NOISE_OFFSET = 7919  # evaluation noise seed = run seed + this, independent of the training RNG
 
 
@@ -70,6 +73,7 @@ class Evaluator:
         record.update({"feature_space": self.space.name, "n_fake": len(fid_fake), "n_real": len(self.fid_real),
                        "n_generated": len(feats), "real_split": self.real_split, "isc_splits": self.cfg.isc_splits,
                        "classifier_test_accuracy": self.space.classifier_test_accuracy,
+                       "device": str(self.device), "software": SOFTWARE,
                        "eval_s": round(time.perf_counter() - t0, 3)})
         self.run.log(record)
         if phase == "final":

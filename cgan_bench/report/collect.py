@@ -1,0 +1,99 @@
+"""Run directories -> three tidy pandas DataFrames (runs, curves, per_class). Reads files only (DESIGN.md
+contract); running, failed, diverged and missing runs become rows with their state, never errors."""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+RUN_KEYS = ["run", "dataset", "head", "seed"]
+
+
+@dataclass
+class SweepFrames:
+    runs: pd.DataFrame  # one row per run: identity, status, final metrics and protocol
+    curves: pd.DataFrame  # one row per evaluation (phase curve/final) per run
+    per_class: pd.DataFrame  # final per-class metrics, one row per class per run
+    expected_jobs: int | None  # from multirun.yaml, when it can be read
+
+
+def _read_yaml(path: Path) -> dict:
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (FileNotFoundError, yaml.YAMLError):
+        return {}
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn last line from a killed job
+    return rows
+
+
+def find_run_dirs(sweep_dir: Path) -> list[Path]:
+    """Every folder under the sweep that Hydra made a job directory (it has .hydra/config.yaml)."""
+    return sorted(p.parent.parent for p in Path(sweep_dir).glob("**/.hydra/config.yaml")
+                  if "multirun.yaml" not in str(p))
+
+
+def expected_job_count(sweep_dir: Path) -> int | None:
+    """Size of the sweep from multirun.yaml's simple `key=a,b,c` overrides (None if it can't tell)."""
+    cfg = _read_yaml(Path(sweep_dir) / "multirun.yaml")
+    overrides = (cfg.get("hydra") or {}).get("overrides", {}).get("task", [])
+    params = dict((cfg.get("hydra") or {}).get("sweeper", {}).get("params") or {})
+    for o in overrides:
+        key, _, value = o.partition("=")
+        params[key.lstrip("+~")] = value
+    if not cfg:
+        return None
+    sizes = [len(str(v).split(",")) for v in params.values() if not any(f in str(v) for f in ("range(", "glob(", "choice("))]
+    return int(pd.Series(sizes).prod()) if sizes else 1
+
+
+def read_run(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
+    cfg = _read_yaml(run_dir / ".hydra" / "config.yaml")
+    ident = {"run": run_dir.name, "dataset": (cfg.get("dataset") or {}).get("name"),
+             "head": (cfg.get("head") or {}).get("name"), "seed": cfg.get("seed")}
+    status_path = run_dir / "status.json"
+    try:
+        status = json.loads(status_path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        status = {"state": "not started", "reason": "no status.json"}
+    lines = _read_jsonl(run_dir / "metrics.jsonl")
+    evals = [{**ident, **r} for r in lines if r.get("phase") in ("curve", "final")]
+    finals = [r for r in evals if r["phase"] == "final"]
+    train = cfg.get("train") or {}
+    row = {**ident, "state": status.get("state"), "reason": status.get("reason", ""),
+           "iteration": status.get("iteration"), "total_iterations": status.get("total_iterations"),
+           "wall_s": status.get("wall_s"), "it_per_s": status.get("it_per_s"),
+           "n_dis": train.get("n_dis"), "batch_d": train.get("batch_d"), "batch_g": train.get("batch_g"),
+           "lr": train.get("lr"), "beta1": train.get("beta1"), "beta2": train.get("beta2"),
+           "model_g_ch": (cfg.get("model") or {}).get("g_ch"), "model_d_ch": (cfg.get("model") or {}).get("d_ch"),
+           "resolution": (cfg.get("dataset") or {}).get("resolution"), "path": str(run_dir)}
+    if finals:
+        final = max(finals, key=lambda r: r["iteration"])
+        row.update({k: v for k, v in final.items() if k not in ident and k not in ("phase", "iteration")})
+    per_class = []
+    if (run_dir / "per_class.csv").exists() and finals:
+        try:
+            per_class = [{**ident, **r} for r in pd.read_csv(run_dir / "per_class.csv").to_dict("records")]
+        except (pd.errors.ParserError, pd.errors.EmptyDataError):
+            per_class = []
+    return row, evals, per_class
+
+
+def load_sweep(sweep_dir: Path) -> SweepFrames:
+    rows, curves, per_class = [], [], []
+    for run_dir in find_run_dirs(sweep_dir):
+        row, evals, pc = read_run(run_dir)
+        rows.append(row)
+        curves.extend(evals)
+        per_class.extend(pc)
+    return SweepFrames(pd.DataFrame(rows), pd.DataFrame(curves), pd.DataFrame(per_class),
+                       expected_job_count(sweep_dir))
