@@ -1,4 +1,5 @@
 """Where the harness caches what it computes once: domain classifiers and real-data reference features."""
+import hashlib
 import os
 from pathlib import Path
 
@@ -18,3 +19,11 @@ def cache_key(*, dataset: str, split: str, count: int, resolution: int, feature_
               preprocessing: int = PREPROCESSING_VERSION) -> str:
     """Every field that changes the numbers is in the key (other harnesses collide across resolutions)."""
     return f"{dataset}-{split}-n{count}-r{resolution}-pp{preprocessing}-{feature_space}"
+
+
+def fingerprint(data) -> str:
+    """Short content hash of an ImageData, so two image folders with the same name never share a cache entry."""
+    h = hashlib.sha1()
+    h.update(data.images.cpu().numpy().tobytes())
+    h.update(data.labels.cpu().numpy().tobytes())
+    return h.hexdigest()[:10]

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..data import ImageData
 from ..io import atomic_torch_save
-from .cache import cache_key, cache_root
+from .cache import cache_key, cache_root, fingerprint
 
 
 class DomainClassifier(nn.Module):
@@ -73,12 +73,13 @@ def load_or_train_classifier(train: ImageData, test: ImageData, device, epochs: 
     """The cached classifier for this dataset/resolution, trained on first use (one writer at a time)."""
     key = cache_key(dataset=train.name, split="train", count=len(train), resolution=train.resolution,
                     feature_space=f"classifier-e{epochs}")
-    path = cache_root(cache_dir) / "classifiers" / f"{key}.pt"
+    path = cache_root(cache_dir) / "classifiers" / f"{key}-{fingerprint(train)}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.exists():
             state = torch.load(path, map_location=device, weights_only=True)
-            model = DomainClassifier(train.n_classes).to(device)
+            with torch.random.fork_rng(devices=[]):  # building the module must not move the run's RNG
+                model = DomainClassifier(train.n_classes).to(device)
             model.load_state_dict(state["model"])
             return model.eval().requires_grad_(False), state["test_accuracy"]
         model, test_acc = train_classifier(train, test, device, epochs)

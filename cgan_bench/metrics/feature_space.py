@@ -96,8 +96,9 @@ class _InceptionPoolAndLogits(nn.Module):
 def make_feature_space(name: str, train: ImageData, test: ImageData, device, *, inception_weights: str | None = None,
                        classifier_epochs: int = 30, cache_dir: str | None = None) -> FeatureSpace:
     if name == "inception":
-        model = _InceptionPoolAndLogits(inception_weights_path(inception_weights)).to(device)
-        return FeatureSpace("inception", "inception", model)
+        weights = inception_weights_path(inception_weights)
+        model = _InceptionPoolAndLogits(weights).to(device)
+        return FeatureSpace("inception", f"inception-{weights.stem}", model)  # other weights, other cache
     if name == "classifier":
         model, acc = load_or_train_classifier(train, test, device, classifier_epochs, cache_dir)
         return FeatureSpace("classifier", f"classifier-e{classifier_epochs}", model, classify=model.fc,

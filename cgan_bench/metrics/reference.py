@@ -1,6 +1,5 @@
 """Real-data reference features: computed once per (dataset, split, count, resolution, preprocessing,
 feature space, content) and stored on disk; parallel jobs wait on a lock and share one file."""
-import hashlib
 from pathlib import Path
 
 import torch
@@ -8,16 +7,8 @@ from filelock import FileLock
 
 from ..data import ImageData
 from ..io import atomic_torch_save
-from .cache import cache_key, cache_root
+from .cache import cache_key, cache_root, fingerprint
 from .feature_space import FeatureSpace
-
-
-def fingerprint(data: ImageData) -> str:
-    """Short content hash, so two image folders with the same name never share a cache entry."""
-    h = hashlib.sha1()
-    h.update(data.images.cpu().numpy().tobytes())
-    h.update(data.labels.cpu().numpy().tobytes())
-    return h.hexdigest()[:10]
 
 
 def reference_path(space: FeatureSpace, data: ImageData, cache_dir: str | None) -> Path:

@@ -1,0 +1,217 @@
+"""Sweeps -> report: a real smoke multirun with a failing job, the markdown checked against metrics.jsonl
+aggregated here independently; W&B offline files parsed."""
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import SMOKE, run_cli
+from cgan_bench.report.__main__ import main as report_main
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    """2 heads x 2 seeds that complete, plus seed=-1 (a bad value) that must fail and be reported."""
+    root = tmp_path_factory.mktemp("sweep")
+    sweep_dir, report_dir = root / "multirun", root / "reports"
+    r = run_cli("-m", "head=projection,concat", "seed=0,1,-1", *SMOKE, "sweep_name=smoke_test",
+                f"hydra.sweep.dir={sweep_dir}", f"report_dir={report_dir}")
+    return sweep_dir, report_dir / "smoke_test", r
+
+
+def finals_by_head(sweep_dir: Path) -> dict[str, list[dict]]:
+    """The final evaluation line of each completed run, read straight from its files."""
+    out = {}
+    for run in sweep_dir.iterdir():
+        if not (run / "status.json").exists():
+            continue
+        if json.loads((run / "status.json").read_text())["state"] != "completed":
+            continue
+        head = re.search(r"head=(\w+)", (run / ".hydra" / "overrides.yaml").read_text()).group(1)
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        out.setdefault(head, []).append([x for x in lines if x["phase"] == "final"][-1])
+    return out
+
+
+def markdown_table(md: str, heading: str) -> pd.DataFrame:
+    block = md.split(f"## {heading}")[1].split("\n## ")[0]
+    rows = [line for line in block.splitlines() if line.startswith("|")]
+    cells = [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+    return pd.DataFrame(cells[2:], columns=cells[0])
+
+
+def parse_cell(cell: str) -> tuple[float, float]:
+    mean, std = cell.replace("**", "").split("±")
+    return float(mean), float(std)
+
+
+def test_multirun_exits_nonzero_but_reports_everything(sweep):
+    sweep_dir, report_dir, r = sweep
+    assert r.returncode == 1, r.stderr[-2000:]  # a job failed: non-zero, after the report was built
+    assert "2 of 6 jobs did not complete" in r.stderr
+    assert (report_dir / "report.md").exists()
+    assert (sweep_dir / "report.md").resolve() == (report_dir / "report.md").resolve()
+
+
+def test_main_table_matches_independent_aggregation(sweep):
+    sweep_dir, report_dir, _ = sweep
+    md = (report_dir / "report.md").read_text()
+    table = markdown_table(md, "Main table")
+    finals = finals_by_head(sweep_dir)
+    assert sorted(table["head"]) == sorted(finals) == ["concat", "projection"]
+    for head, lines in finals.items():
+        row = table[table["head"] == head].iloc[0]
+        assert row["seeds"] == "2"
+        for column, key, digits in (("digits IS", "is_mean", 3), ("digits FID", "fid", 2)):
+            values = np.array([x[key] for x in lines])
+            mean, std = parse_cell(row[column])
+            assert mean == pytest.approx(values.mean(), abs=0.51 * 10 ** -digits)
+            assert std == pytest.approx(values.std(ddof=1), abs=0.51 * 10 ** -digits)
+    # the best FID is the lower mean, and it is the one in bold
+    best = min(finals, key=lambda h: np.mean([x["fid"] for x in finals[h]]))
+    assert table[table["head"] == best].iloc[0]["digits FID"].startswith("**")
+
+
+def test_extra_metrics_and_paired_comparison(sweep):
+    sweep_dir, report_dir, _ = sweep
+    md = (report_dir / "report.md").read_text()
+    extra = markdown_table(md, "Intra-class and distribution metrics")
+    finals = finals_by_head(sweep_dir)
+    for head, lines in finals.items():
+        mean, _ = parse_cell(extra[extra["head"] == head].iloc[0]["digits intra-FID"])
+        assert mean == pytest.approx(np.mean([x["intra_fid_mean"] for x in lines]), abs=0.006)
+    paired = markdown_table(md, "Each head against projection")
+    fid_row = paired[(paired["head"] == "concat") & (paired["metric"] == "FID")].iloc[0]
+    by_seed = {}
+    for run in sweep_dir.iterdir():
+        if (run / "per_class.csv").exists():
+            cfg = (run / ".hydra" / "overrides.yaml").read_text()
+            head = re.search(r"head=(\w+)", cfg).group(1)
+            seed = int(re.search(r"seed=(-?\d+)", cfg).group(1))
+            final = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][-1]
+            by_seed[(head, seed)] = final["fid"]
+    diffs = [by_seed[("concat", s)] - by_seed[("projection", s)] for s in (0, 1)]
+    assert float(fid_row["difference"]) == pytest.approx(np.mean(diffs), rel=1e-3, abs=1e-3)
+    assert fid_row["pairs"] == "2"
+
+
+def test_failed_jobs_appear_in_the_status_table(sweep):
+    _, report_dir, _ = sweep
+    md = (report_dir / "report.md").read_text()
+    status = markdown_table(md, "Run status")
+    assert len(status) == 6
+    failed = status[status["state"] == "failed"]
+    assert len(failed) == 2 and all("seed" in reason for reason in failed["reason"])
+    assert (status["state"] == "completed").sum() == 4
+
+
+def test_csvs_parse_and_plots_are_pngs(sweep):
+    _, report_dir, _ = sweep
+    runs = pd.read_csv(report_dir / "runs.csv")
+    curves = pd.read_csv(report_dir / "curves.csv")
+    per_class = pd.read_csv(report_dir / "per_class.csv")
+    assert len(runs) == 6 and set(runs["state"]) == {"completed", "failed"}
+    assert set(curves["phase"]) == {"final"} and len(curves) == 4
+    assert len(per_class) == 4 * 10 and set(per_class["class"]) == set(range(10))
+    md = (report_dir / "report.md").read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert any(i.startswith("per_class_") for i in images) and any(i.startswith("samples_") for i in images)
+    assert any(i.startswith("morph_") for i in images)
+    for name in images:
+        with Image.open(report_dir / name) as img:
+            img.verify()
+            assert img.format == "PNG"
+
+
+def test_report_cli_rebuilds_and_handles_bad_paths(sweep, tmp_path, capsys):
+    sweep_dir, _, _ = sweep
+    assert report_main([str(sweep_dir), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "report.md").exists()
+    assert report_main([str(tmp_path / "missing")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+# ---- W&B offline -------------------------------------------------------------------------------------
+
+def read_wandb_records(path: Path) -> list:
+    """Parse a .wandb file: a ':W&B' header, then LevelDB-log records (32 KiB blocks) of protobuf Records."""
+    from wandb.proto import wandb_internal_pb2 as pb
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, pending, records = 7, 32768, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        if kind == 0:  # zero padding up to the end of a block
+            pos += left - 7 - length
+            continue
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def history_rows(records) -> list[dict]:
+    """History records as dicts; nested values (images, tables) arrive as key paths and are rebuilt."""
+    rows = []
+    for r in records:
+        if r.WhichOneof("record_type") != "history":
+            continue
+        row = {}
+        for item in r.history.item:
+            path = [item.key] if item.key else list(item.nested_key)
+            node = row
+            for part in path[:-1]:
+                node = node.setdefault(part, {})
+            node[path[-1]] = json.loads(item.value_json)
+        rows.append(row)
+    return rows
+
+
+def test_wandb_offline_run_has_group_tags_metrics_and_images(tmp_path):
+    run_dir = tmp_path / "run"
+    clean_env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}  # let wandb.mode=offline decide
+    r = subprocess.run([sys.executable, "-m", "cgan_bench", *SMOKE, "train.iterations=3", "seed=4",
+                        "wandb.mode=offline", f"hydra.run.dir={run_dir}"], capture_output=True, text=True,
+                       env=clean_env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    records = read_wandb_records(files[0])
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert run.run_group == "run" and run.job_type == "projection"
+    assert set(run.tags) == {"digits", "projection", "seed4"}
+    history = history_rows(records)
+    train = [h for h in history if "train/d_loss" in h]
+    assert [h["iteration"] for h in train] == [1, 2, 3]
+    logged = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [h["train/d_loss"] for h in train] == pytest.approx([x["d_loss"] for x in logged if x["phase"] == "train"])
+    final = [h for h in history if "final/fid" in h]
+    assert len(final) == 1 and final[0]["iteration"] == 3
+    assert final[0]["final/fid"] == pytest.approx(logged[-1]["fid"])
+    assert final[0]["final/per_class"]["_type"] == "table-file" and final[0]["final/per_class"]["nrows"] == 10
+    images = [h for h in history if "samples" in h]
+    assert images and images[0]["samples"]["_type"] == "image-file"
+    pngs = list(run_dir.glob("wandb/offline-run-*/files/media/images/*.png"))
+    assert pngs
+    with Image.open(pngs[0]) as img:
+        assert img.size == Image.open(run_dir / "samples" / "final.png").size
+    keys = {i.key for i in run.config.update}
+    assert {"head", "train", "dataset", "seed"} <= keys
+    text = "\n".join(p.read_text(errors="ignore") for p in run_dir.rglob("*") if p.is_file() and p.suffix in
+                     (".yaml", ".json", ".log", ".jsonl", ".txt"))
+    assert "api_key" not in text.lower()
