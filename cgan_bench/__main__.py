@@ -1,3 +1,3 @@
-from .app import main
+from .app import cli
 
-main()
+cli()

@@ -1,9 +1,11 @@
 """`python -m cgan_bench`: the Hydra entry point. One job = validate -> data -> models -> train -> evaluate.
 
-Read top to bottom: `main` (Hydra) -> `run_job` (the job, usable without Hydra) -> Trainer.fit (train/loop.py)
--> Evaluator.evaluate (metrics/evaluator.py). Everything a job produces lands in its run directory.
+Read top to bottom: `cli` (checks group names, then Hydra) -> `main` (one Hydra job) -> `run_job` (the job,
+usable without Hydra) -> Trainer.fit (train/loop.py) -> Evaluator.evaluate (metrics/evaluator.py).
+Everything a job produces lands in its run directory.
 """
 import logging
+import shutil
 import sys
 import time
 from importlib.resources import files
@@ -15,30 +17,40 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from .config import ConfigError, check_against_data, validate
+from .config import ConfigError, check_against_data, check_group_overrides, validate
 from .data import DataMissingError, load_dataset
 from .heads import UnknownHeadError
 from .metrics.evaluator import Evaluator
 from .metrics.feature_space import WeightsMissingError, make_feature_space
-from .train.loop import Diverged, Trainer
+from .tracking import WandbTracker, resolve_mode
+from .train.loop import Diverged, Preempted, ResumeConfigMismatch, Trainer
 from .train.run_dir import RunDir
 from .train.samples import morph_grid, save_png
-from .tracking import WandbTracker, resolve_mode
 
 log = logging.getLogger("cgan_bench")
 CONF_DIR = str(files("cgan_bench.conf"))
-USER_ERRORS = (ConfigError, DataMissingError, WeightsMissingError, UnknownHeadError)
+USER_ERRORS = (ConfigError, DataMissingError, WeightsMissingError, UnknownHeadError, ResumeConfigMismatch)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, job_num: int = 0) -> torch.device:
+    """auto = CUDA if visible; several GPUs are shared round-robin by job number (parallel launchers)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        n_gpus = torch.cuda.device_count()
+        return torch.device(f"cuda:{job_num % n_gpus}" if n_gpus else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device={name!r} is not allowed: no CUDA device is visible (use device=cpu or auto)")
     return torch.device(name)
 
 
-def run_job(cfg: DictConfig, run_dir: Path, group: str = "single") -> dict | None:
+def start_over(run: RunDir) -> None:
+    """resume=false: forget everything this run directory holds from an earlier attempt."""
+    for name in ("checkpoints", "samples"):
+        shutil.rmtree(run.path / name, ignore_errors=True)
+    for f in (run.metrics_file, run.per_class_file, run.status_file):
+        f.unlink(missing_ok=True)
+
+
+def run_job(cfg: DictConfig, run_dir: Path, group: str = "single", job_num: int = 0) -> dict | None:
     """Run (or resume, or skip if finished) one training job in `run_dir`; returns the final metrics.
     `group` names the sweep for W&B."""
     run = RunDir(run_dir)
@@ -53,7 +65,9 @@ def run_job(cfg: DictConfig, run_dir: Path, group: str = "single") -> dict | Non
     trainer, tracker = None, None
     try:
         validate(cfg)
-        device = resolve_device(str(cfg.device))
+        if not cfg.resume:
+            start_over(run)
+        device = resolve_device(str(cfg.device), job_num)
         d = cfg.dataset
         options = {k: v for k, v in d.items() if k not in ("name", "resolution", "feature_space")}
         train_data = load_dataset(d.name, "train", d.resolution, **options)
@@ -64,11 +78,11 @@ def run_job(cfg: DictConfig, run_dir: Path, group: str = "single") -> dict | Non
                                    inception_weights=e.inception_weights, classifier_epochs=e.classifier_epochs,
                                    cache_dir=e.cache_dir)
         real = train_data if e.real_split == "train" else test_data
-        if resolve_mode(cfg.wandb.mode) != "disabled":
-            tracker = WandbTracker(cfg, run.path, group=group, job_type=cfg.head.name)
-        trainer = Trainer(cfg, train_data.to(device), run, device, tracker=tracker)
+        trainer = Trainer(cfg, train_data.to(device), run, device)
         if cfg.resume and trainer.resume():
             log.info("resuming %s at iteration %d", run_dir, trainer.iteration)
+        if resolve_mode(cfg.wandb.mode) != "disabled":
+            tracker = trainer.tracker = WandbTracker(cfg, run.path, group=group, job_type=cfg.head.name)
         trainer.evaluator = Evaluator(e, space, real.to(device), run, device, cfg.model.z_dim, cfg.seed, tracker)
         trainer.fit()
         final = trainer.evaluator.evaluate(trainer.G, trainer.iteration, "final")
@@ -76,17 +90,20 @@ def run_job(cfg: DictConfig, run_dir: Path, group: str = "single") -> dict | Non
         if train_data.n_classes >= 2:
             save_png(morph_grid(trainer.G, 0, 1, train_data.n_classes, cfg.model.z_dim, device),
                      run.samples / "morph.png")
-        trainer.status("completed", 0, t_start)
+        trainer.status("completed")
         if tracker is not None:
             tracker.finish(0)
         return final
+    except Preempted:
+        if tracker is not None:
+            tracker.finish(0)
+        raise
     except USER_ERRORS as err:
         run.write_status("failed", 0, int(cfg.train.iterations), time.perf_counter() - t_start, None, str(err))
         raise
     except Diverged as err:
-        it = trainer.iteration if trainer else 0
-        run.write_status("diverged", it, int(cfg.train.iterations), time.perf_counter() - t_start, None, str(err))
-        log.error("run diverged: %s", err)
+        trainer.status("diverged", reason=str(err))
+        log.error("run diverged: %s (the last good checkpoint is kept)", err)
         if tracker is not None:
             tracker.finish(1)
         return None
@@ -102,15 +119,23 @@ def run_job(cfg: DictConfig, run_dir: Path, group: str = "single") -> dict | Non
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    group = Path(hc.sweep.dir).name if multirun else Path(hc.runtime.output_dir).name
+    job_num = hc.job.num if multirun else 0
     try:
-        multirun = hc.mode == RunMode.MULTIRUN
-        group = Path(hc.sweep.dir).name if multirun else Path(hc.runtime.output_dir).name
-        final = run_job(cfg, Path(hc.runtime.output_dir), group)
+        final = run_job(cfg, Path(hc.runtime.output_dir), group, job_num)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         if multirun:
             return None  # recorded as failed in the run directory; the sweep goes on
         sys.exit(2)
+    except Preempted as p:
+        print(f"{p}: checkpoint written, status 'preempted'; rerun the same command to resume", file=sys.stderr)
+        if callable(p.previous_handler):  # e.g. submitit's handler: requeue the job, which then resumes
+            p.previous_handler(p.signal, None)
+        if multirun:
+            return None
+        sys.exit(0)
     except Exception:
         if not multirun:
             raise
@@ -118,3 +143,13 @@ def main(cfg: DictConfig) -> float | None:
         log.exception("job failed; the sweep continues")
         return None
     return None if final is None else final.get("fid")
+
+
+def cli() -> None:
+    """Unknown config-group options (head=nope) get one line and exit code 2 before Hydra starts."""
+    try:
+        check_group_overrides(sys.argv[1:], Path(CONF_DIR))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    main()

@@ -1,7 +1,7 @@
 """Validate a composed config before any work starts: one line naming the key, the value and what is allowed."""
 from omegaconf import DictConfig
 
-from .heads import HEADS
+from .heads import HEADS, build_head
 from .data import LOADERS
 from .train.losses import LOSSES
 
@@ -26,6 +26,7 @@ def _is_num(v) -> bool:
 def validate(cfg: DictConfig) -> None:
     head = cfg.head.name
     _check(head in HEADS, "head.name", head, f"registered heads are {', '.join(sorted(HEADS))}")
+    _check_head_params(cfg)
     d = cfg.dataset
     _check(d.name in LOADERS, "dataset.name", d.name, f"known datasets are {', '.join(LOADERS)}")
     r = d.resolution
@@ -70,6 +71,19 @@ def validate(cfg: DictConfig) -> None:
            e.collapse_threshold, "a number >= 0")
 
 
+def _check_head_params(cfg: DictConfig) -> None:
+    """Build the head once on the CPU with the configured sizes: bad head.* values fail here, not mid-run."""
+    from .models import trunk_depth
+    r = cfg.dataset.resolution
+    if not (_is_int(r) and r >= 16 and (r & (r - 1)) == 0) or not _is_int(cfg.model.d_ch):
+        return  # reported by the resolution/model checks
+    params = {k: v for k, v in cfg.head.items() if k != "name"}
+    try:
+        build_head(cfg.head.name, n_classes=2, feature_dim=cfg.model.d_ch, n_blocks=trunk_depth(r)[0], **params)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
 def check_against_data(cfg: DictConfig, n_train: int, n_classes: int) -> None:
     """Checks that need the loaded dataset (still before training starts)."""
     _check(cfg.train.batch_d <= n_train, "train.batch_d", cfg.train.batch_d,
@@ -77,3 +91,21 @@ def check_against_data(cfg: DictConfig, n_train: int, n_classes: int) -> None:
     per_class = cfg.eval.n_generated // n_classes
     _check(per_class >= 2, "eval.n_generated", cfg.eval.n_generated,
            f"at least 2 per class ({2 * n_classes} for {n_classes} classes)")
+
+
+CHECKED_GROUPS = ("head", "dataset", "model", "train", "eval")
+
+
+def check_group_overrides(argv: list[str], conf_dir) -> None:
+    """`group=option[,option...]` on the command line must name existing options (and registered heads)."""
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in CHECKED_GROUPS or any(f in value for f in ("(", "*", "$")):
+            continue
+        options = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
+        if key == "head":
+            options = sorted(set(options) & set(HEADS))
+        for choice in value.split(","):
+            if choice not in options:
+                what = "registered heads are" if key == "head" else "choose one of"
+                raise ConfigError(f"{key}={choice} is not allowed: {what} {', '.join(options)}")

@@ -17,7 +17,8 @@ class HiddenConcat(Head):
         super().__init__(n_classes, feature_dim, n_blocks)
         self.stage = n_blocks // 2 if stage is None else int(stage)
         if not 1 <= self.stage < n_blocks:
-            raise ValueError(f"concat stage must be in 1..{n_blocks - 1} for a {n_blocks}-block trunk, got {stage}")
+            raise ValueError(f"head.stage={stage} is not allowed: an integer in 1..{n_blocks - 1} for this "
+                             f"{n_blocks}-block trunk, or null for the middle")
         self.stage_channels = embed_dim
         self.embed = sn(init_xavier(nn.Embedding(n_classes, embed_dim)))
         self.linear = sn(init_xavier(nn.Linear(feature_dim, 1)))

@@ -31,4 +31,4 @@ def build_head(name: str, n_classes: int, feature_dim: int, n_blocks: int, **par
     try:
         return cls(n_classes=n_classes, feature_dim=feature_dim, n_blocks=n_blocks, **params)
     except TypeError as e:
-        raise ValueError(f"bad parameters for head {name!r}: {e}") from e
+        raise ValueError(f"head.* has a parameter head {name!r} does not take ({e}); see conf/head/{name}.yaml") from e

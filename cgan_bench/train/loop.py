@@ -5,6 +5,8 @@ each on `batch_d` real + `batch_d` fresh fake images. Losses are read back from 
 at log intervals.
 """
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -22,6 +24,38 @@ from .samples import class_grid, save_png
 
 class Diverged(RuntimeError):
     """Training produced non-finite or exploding values."""
+
+
+class ResumeConfigMismatch(ValueError):
+    """A run directory's checkpoint was made with a different config (a user error: exit code 2)."""
+
+
+# Keys that may change between a run and its resumption: budgets, logging cadence, where things go.
+RESUME_FREE_KEYS = {"resume", "device", "wandb", "sweep_name", "report_dir", "train.iterations", "train.log_every",
+                    "train.sample_every", "train.checkpoint_every", "eval.batch_size", "eval.cache_dir",
+                    "eval.inception_weights", "dataset.root", "dataset.download"}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def resume_relevant(cfg) -> dict:
+    """The flattened config minus keys that may change on resume (stored in every checkpoint)."""
+    from omegaconf import OmegaConf
+    flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    return {k: v for k, v in flat.items()
+            if k not in RESUME_FREE_KEYS and k.split(".")[0] not in RESUME_FREE_KEYS}
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    return [f"{k}: {saved.get(k, '<unset>')!r} -> {current.get(k, '<unset>')!r}" for k in keys
+            if saved.get(k, "<unset>") != current.get(k, "<unset>")]
 
 
 def build_models(cfg, n_classes: int, device) -> tuple[Generator, Discriminator]:
@@ -69,14 +103,14 @@ class Trainer:
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, decay)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, decay)
         self.loss_d, self.loss_g = LOSSES[t.loss]
-        self.iteration, self.wall_s = 0, 0.0
+        self.iteration, self.wall_s, self.train_it_per_s = 0, 0.0, None
 
     # ---- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"G": self.G.state_dict(), "D": self.D.state_dict(), "opt_g": self.opt_g.state_dict(),
                 "opt_d": self.opt_d.state_dict(), "sched_g": self.sched_g.state_dict(),
                 "sched_d": self.sched_d.state_dict(), "iteration": self.iteration, "wall_s": self.wall_s,
-                "rng": rng_state()}
+                "rng": rng_state(), "config": resume_relevant(self.cfg)}
 
     def load_state_dict(self, state: dict) -> None:
         self.G.load_state_dict(state["G"])
@@ -89,9 +123,15 @@ class Trainer:
         set_rng_state(state["rng"])
 
     def resume(self) -> bool:
+        """Continue from the run directory's checkpoint; refuse if the run was trained with another config."""
         state = load_checkpoint(self.run.checkpoints, map_location=self.device)
         if state is None:
             return False
+        changed = config_differences(state.get("config", {}), resume_relevant(self.cfg))
+        if changed:
+            raise ResumeConfigMismatch(
+                f"{self.run.path} holds a checkpoint trained with another config ({'; '.join(changed)}); rerun "
+                f"with resume=false to start this directory over, or choose another hydra.run.dir")
         self.load_state_dict(state)
         self.run.drop_metrics_after(self.iteration)
         return True
@@ -137,42 +177,87 @@ class Trainer:
         if self.tracker is not None:
             self.tracker.image("samples", grid, self.iteration)
 
-    def status(self, state: str, start_it: int, t0: float, reason: str = "") -> None:
-        done = self.iteration - start_it
-        elapsed = time.perf_counter() - t0
+    def status(self, state: str, start_it: int | None = None, t0: float | None = None, reason: str = "") -> None:
+        """Write status.json; it/s is measured since (start_it, t0), else the last finished fit's rate."""
+        rate = self.train_it_per_s
+        if start_it is not None and self.iteration > start_it:
+            rate = (self.iteration - start_it) / max(time.perf_counter() - t0, 1e-9)
         self.run.write_status(state, self.iteration, self.cfg.train.iterations, self.wall_s,
-                              round(done / elapsed, 3) if done and elapsed > 0 else None, reason)
+                              None if rate is None else round(rate, 3), reason)
 
     def fit(self) -> None:
+        """Train until `train.iterations`; SIGTERM/SIGUSR1 (Slurm, submitit) checkpoint and stop cleanly."""
         t = self.cfg.train
         start_it = self.iteration
         t0, last = time.perf_counter(), time.perf_counter()
         self.status("running", start_it, t0)
         bar = tqdm(total=t.iterations, initial=self.iteration, desc=f"{self.cfg.head.name}", unit="it",
                    dynamic_ncols=True, mininterval=1.0)
-        while self.iteration < t.iterations:
-            losses = self.step()
-            self.iteration += 1
-            bar.update(1)
-            now = time.perf_counter()
-            self.wall_s += now - last
-            last = now
-            it = self.iteration
-            if it % t.log_every == 0 or it == t.iterations:
-                values = dict(zip(losses, torch.stack(list(losses.values())).tolist()))  # one host sync
-                if not all(math.isfinite(v) for v in values.values()) or abs(values["d_real"]) > t.max_abs_logit:
-                    raise Diverged(f"non-finite or exploding values at iteration {it}: {values}")
-                record = {"iteration": it, "phase": "train", **values, "lr": self.sched_g.get_last_lr()[0]}
-                self.run.log(record)
-                if self.tracker is not None:
-                    self.tracker.log(record)
-                bar.set_postfix(d=f"{values['d_loss']:.3f}", g=f"{values['g_loss']:.3f}")
-                self.status("running", start_it, t0)
-            if it % t.sample_every == 0 or it == t.iterations:
-                self.save_samples(f"iter_{it:07d}")
-            if self.evaluator is not None and self.evaluator.every and it % self.evaluator.every == 0 \
-                    and it != t.iterations:
-                self.evaluator.evaluate(self.G, it, "curve")
-            if it % t.checkpoint_every == 0 or it == t.iterations:
-                self.checkpoint()
+        with PreemptionSignals() as preemption:
+            while self.iteration < t.iterations:
+                losses = self.step()
+                self.iteration += 1
+                bar.update(1)
+                now = time.perf_counter()
+                self.wall_s += now - last
+                last = now
+                it, final = self.iteration, self.iteration == t.iterations
+                due_checkpoint = it % t.checkpoint_every == 0 or final or preemption.signal is not None
+                if it % t.log_every == 0 or due_checkpoint:  # never checkpoint a diverged state
+                    values = dict(zip(losses, torch.stack(list(losses.values())).tolist()))  # one host sync
+                    if not all(math.isfinite(v) for v in values.values()) or abs(values["d_real"]) > t.max_abs_logit:
+                        raise Diverged(f"non-finite or exploding values at iteration {it}: "
+                                       + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+                if it % t.log_every == 0 or final:
+                    record = {"iteration": it, "phase": "train", **values, "lr": self.sched_g.get_last_lr()[0]}
+                    self.run.log(record)
+                    if self.tracker is not None:
+                        self.tracker.log(record)
+                    bar.set_postfix(d=f"{values['d_loss']:.3f}", g=f"{values['g_loss']:.3f}")
+                    self.status("running", start_it, t0)
+                if it % t.sample_every == 0 or final:
+                    self.save_samples(f"iter_{it:07d}")
+                if self.evaluator is not None and self.evaluator.every and it % self.evaluator.every == 0 \
+                        and not final:
+                    self.evaluator.evaluate(self.G, it, "curve")
+                if due_checkpoint:
+                    self.checkpoint()
+                if preemption.signal is not None and not final:
+                    bar.close()
+                    self.status("preempted", start_it, t0, f"signal {preemption.signal.name} at iteration {it}")
+                    raise Preempted(preemption.signal, preemption.previous_handler)
         bar.close()
+        self.train_it_per_s = (self.iteration - start_it) / max(time.perf_counter() - t0, 1e-9)
+
+
+class Preempted(Exception):
+    """The job received SIGTERM/SIGUSR1, wrote a checkpoint and stopped; `previous_handler` (e.g. submitit's
+    requeue) is what the process had installed before training started."""
+
+    def __init__(self, signal_received: signal.Signals, previous_handler):
+        super().__init__(f"preempted by {signal_received.name}")
+        self.signal, self.previous_handler = signal_received, previous_handler
+
+
+class PreemptionSignals:
+    """Record SIGTERM/SIGUSR1 during training instead of dying mid-step; restore the old handlers after."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.signal, self.previous_handler, self._saved = None, None, {}
+
+    def _handle(self, signum, frame):
+        self.signal = signal.Signals(signum)
+        self.previous_handler = self._saved.get(self.signal)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        return False

@@ -1,0 +1,182 @@
+"""Failure modes: killed and resumed runs are bit-identical, SIGTERM preempts cleanly, divergence and crashes
+are recorded, corrupt checkpoints fall back, bad input is one line with exit code 2, launchers work."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from cgan_bench.train.checkpoint import load_checkpoint, save_checkpoint
+from conftest import SMOKE, run_cli
+
+LONG = [*SMOKE, "train.iterations=60", "train.checkpoint_every=5", "train.log_every=5", "train.sample_every=1000"]
+
+
+def start_cli(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "cgan_bench", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_iteration(run_dir: Path, iteration: int, proc: subprocess.Popen, timeout: float = 300) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        assert proc.poll() is None, f"job ended early: {proc.communicate()[1][-2000:]}"
+        try:
+            status = json.loads((run_dir / "status.json").read_text())
+            if status["state"] == "running" and status["iteration"] >= iteration:
+                return status["iteration"]
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.05)
+    raise TimeoutError(f"{run_dir} never reached iteration {iteration}")
+
+
+def final_metrics(run_dir: Path) -> dict:
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    final = [x for x in lines if x["phase"] == "final"]
+    assert len(final) == 1
+    return {k: v for k, v in final[0].items() if k != "eval_s"}
+
+
+def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    r = run_cli(*LONG, f"hydra.run.dir={straight}")
+    assert r.returncode == 0, r.stderr[-2000:]
+
+    proc = start_cli(*LONG, f"hydra.run.dir={killed}")
+    wait_for_iteration(killed, 12, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    at_kill = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["iteration"]
+    assert 10 <= at_kill < 60
+
+    r = run_cli(*LONG, f"hydra.run.dir={killed}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"at iteration {at_kill}" in r.stdout + r.stderr
+    a = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)
+    for net in ("G", "D"):
+        assert a[net].keys() == b[net].keys()
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs"
+    assert final_metrics(straight) == final_metrics(killed)
+    lines = [json.loads(x) for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [x["iteration"] for x in lines if x["phase"] == "train"] == list(range(5, 61, 5))
+
+
+def test_sigterm_checkpoints_and_marks_preempted_then_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_cli(*LONG, f"hydra.run.dir={run_dir}")
+    wait_for_iteration(run_dir, 6, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "preempted by SIGTERM" in err and "Traceback" not in err
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "preempted" and "SIGTERM" in status["reason"]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["iteration"] == status["iteration"] < 60  # the checkpoint is exactly where it stopped
+    r = run_cli(*LONG, f"hydra.run.dir={run_dir}")
+    assert r.returncode == 0 and json.loads((run_dir / "status.json").read_text())["state"] == "completed"
+
+
+def test_divergence_is_recorded_while_siblings_complete(tmp_path):
+    sweep, reports = tmp_path / "sweep", tmp_path / "reports"
+    r = run_cli("-m", "train.lr=2e-4,1e10", *SMOKE, "train.iterations=6", "train.checkpoint_every=2",
+                f"hydra.sweep.dir={sweep}", f"report_dir={reports}", "sweep_name=div")
+    assert r.returncode == 1  # the sweep reports a job that did not complete
+    runs = pd.read_csv(reports / "div" / "runs.csv")
+    assert sorted(runs["state"]) == ["completed", "diverged"]
+    bad = runs[runs["state"] == "diverged"].iloc[0]
+    assert "at iteration" in bad["reason"] and ("nan" in bad["reason"] or "d_real" in bad["reason"])
+    # no diverged state is ever checkpointed: any checkpoint left is earlier and finite
+    state = load_checkpoint(Path(bad["path"]) / "checkpoints")
+    if state is not None:
+        assert state["iteration"] < bad["iteration"]
+        assert all(torch.isfinite(v).all() for v in state["D"].values() if v.is_floating_point())
+    assert "diverged" in (reports / "div" / "report.md").read_text()
+
+
+def test_corrupt_last_checkpoint_falls_back_to_the_previous(tmp_path):
+    save_checkpoint(tmp_path, {"iteration": 1, "w": torch.ones(3)})
+    save_checkpoint(tmp_path, {"iteration": 2, "w": torch.full((3,), 2.0)})
+    assert load_checkpoint(tmp_path)["iteration"] == 2
+    (tmp_path / "last.pt").write_bytes((tmp_path / "last.pt").read_bytes()[:40])  # truncated by a crash
+    with pytest.warns(UserWarning, match="unreadable"):
+        state = load_checkpoint(tmp_path)
+    assert state["iteration"] == 1 and torch.equal(state["w"], torch.ones(3))
+    assert load_checkpoint(tmp_path / "nothing") is None
+
+
+def test_changed_config_is_refused_on_resume_unless_starting_over(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_cli(*SMOKE, f"hydra.run.dir={run_dir}").returncode == 0
+    r = run_cli(*SMOKE, "train.iterations=3", "train.lr=1e-3", f"hydra.run.dir={run_dir}")
+    assert r.returncode == 2 and "train.lr" in r.stderr and "resume=false" in r.stderr
+    r = run_cli(*SMOKE, "train.iterations=3", "train.lr=1e-3", "resume=false", f"hydra.run.dir={run_dir}")
+    assert r.returncode == 0
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["iteration"] for x in lines if x["phase"] == "train"] == [1, 2, 3]
+
+
+BAD_INPUTS = [
+    (["head=nope"], "head=nope"),
+    (["dataset=nope"], "dataset=nope"),
+    (["head.name=nope"], "head.name"),
+    (["train.n_dis=0"], "train.n_dis"),
+    (["train.lr=-1"], "train.lr"),
+    (["train.lr=abc"], "train.lr"),
+    (["train.beta1=1.5"], "train.beta1"),
+    (["train.loss=wasserstein"], "train.loss"),
+    (["train.iterations=0"], "train.iterations"),
+    (["dataset.resolution=24"], "dataset.resolution"),
+    (["dataset=imagefolder"], "dataset.path"),
+    (["dataset=imagefolder", "dataset.path=EMPTY"], "dataset.path"),
+    (["train.batch_d=100000"], "train.batch_d"),
+    (["device=tpu"], "device"),
+    (["eval.feature_space=vgg"], "eval.feature_space"),
+    (["eval.real_split=val"], "eval.real_split"),
+    (["eval.n_generated=5"], "eval.n_generated"),
+    (["seed=-1"], "seed"),
+    (["model.g_ch=0"], "model.g_ch"),
+    (["head=concat", "head.stage=0"], "head.stage"),
+    (["+head.depth=3"], "head."),
+]
+
+
+@pytest.mark.parametrize("overrides,key", BAD_INPUTS, ids=[" ".join(o) for o, _ in BAD_INPUTS])
+def test_bad_input_is_one_line_naming_the_key_with_exit_code_2(overrides, key, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args = [o.replace("EMPTY", str(empty)) for o in overrides]
+    r = run_cli(*SMOKE, *args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ") and key in lines[0]
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_parallel_launchers_complete_and_share_one_cache(launcher, tmp_path):
+    cache = tmp_path / "cache"  # fresh: both jobs build the classifier and reference features concurrently
+    extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.timeout_min=10"]
+    r = run_cli("-m", "head=projection,concat", *SMOKE, f"hydra/launcher={launcher}", *extra,
+                f"hydra.sweep.dir={tmp_path / 'sweep'}", f"report_dir={tmp_path / 'reports'}", "sweep_name=par",
+                env={"CGAN_BENCH_CACHE": str(cache)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = pd.read_csv(tmp_path / "reports" / "par" / "runs.csv")
+    assert sorted(runs["head"]) == ["concat", "projection"] and set(runs["state"]) == {"completed"}
+    references = list((cache / "reference").glob("*.pt"))
+    classifiers = list((cache / "classifiers").glob("*.pt"))
+    assert len(references) == 1 and len(classifiers) == 1
+    ref = torch.load(references[0], weights_only=True)
+    assert ref["features"].shape[0] == ref["labels"].shape[0] == 1437
+    finals = [final_metrics(Path(p)) for p in runs["path"]]
+    assert finals[0]["n_real"] == finals[1]["n_real"] == 1437
