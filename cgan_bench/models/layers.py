@@ -1,12 +1,26 @@
 """Small building blocks shared by the generator and the discriminator trunk."""
 import torch
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _SpectralNorm
+
+
+class _Float32SpectralNorm(_SpectralNorm):
+    """PyTorch's spectral-norm parametrization with the power iteration kept in fp32 under bf16 autocast."""
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=weight.device.type, enabled=False):
+            return super().forward(weight.float())
 
 
 def sn(module: nn.Module) -> nn.Module:
-    """Spectral norm with one power iteration per forward, as in the paper's code (Ip=1)."""
-    return spectral_norm(module)
+    """Spectral norm with one power iteration per forward, as in the paper's code (Ip=1).
+
+    Same as torch.nn.utils.parametrizations.spectral_norm (same state-dict keys), but fp32 under autocast."""
+    weight = module.weight
+    dim = 1 if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)) else 0
+    parametrize.register_parametrization(module, "weight", _Float32SpectralNorm(weight, 1, dim, 1e-12))
+    return module
 
 
 def init_xavier(module: nn.Module, gain: float = 1.0) -> nn.Module:

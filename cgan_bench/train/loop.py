@@ -96,6 +96,12 @@ class Trainer:
         torch.manual_seed(self.cfg.seed)
         t = self.cfg.train
         self.G, self.D = build_models(self.cfg, self.data.n_classes, self.device)
+        self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
+        self.G.to(memory_format=self.memory_format)
+        self.D.to(memory_format=self.memory_format)
+        # compiled views of the same modules (state dicts, checkpoints and sampling use the originals)
+        self.G_fast = torch.compile(self.G) if t.compile else self.G
+        self.D_fast = torch.compile(self.D) if t.compile else self.D
         adam = dict(lr=t.lr, betas=(t.beta1, t.beta2), foreach=True)
         self.opt_g = torch.optim.Adam(self.G.parameters(), **adam)
         self.opt_d = torch.optim.Adam(self.D.parameters(), **adam)
@@ -145,11 +151,16 @@ class Trainer:
         y = torch.randint(0, self.data.n_classes, (n,), device=self.device)
         return z, y
 
+    def autocast(self):
+        """bf16 autocast for the networks when train.precision=bf16 (losses and logits stay fp32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16")
+
     def step(self) -> dict[str, torch.Tensor]:
         """One G update then n_dis D updates; returns device tensors (no host sync here)."""
-        t, head = self.cfg.train, self.D.head
+        t, head, G, D = self.cfg.train, self.D.head, self.G_fast, self.D_fast
         z, y_fake = self.fake_batch(t.batch_g)
-        out_fake = self.D(self.G(z, y_fake), y_fake)
+        with self.autocast():
+            out_fake = D(G(z, y_fake), y_fake)
         g_loss = self.loss_g(out_fake.adv) + head.g_aux_loss(out_fake, y_fake)
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward()  # D also receives grads here; they are cleared before D's step
@@ -158,9 +169,11 @@ class Trainer:
         for _ in range(t.n_dis):
             x_real, y_real = self.data.sample(t.batch_d)
             z, y_fake = self.fake_batch(t.batch_d)
-            with torch.no_grad():
-                x_fake = self.G(z, y_fake)
-            out_real, out_fake = self.D(dequantize(x_real), y_real), self.D(x_fake, y_fake)
+            x_real = dequantize(x_real).contiguous(memory_format=self.memory_format)
+            with self.autocast():
+                with torch.no_grad():
+                    x_fake = G(z, y_fake)
+                out_real, out_fake = D(x_real, y_real), D(x_fake, y_fake)
             d_loss = self.loss_d(out_real.adv, out_fake.adv) + head.d_aux_loss(out_real, y_real, out_fake, y_fake)
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()

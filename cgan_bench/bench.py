@@ -1,0 +1,237 @@
+"""`python -m cgan_bench.bench [OVERRIDES] [--json] [--baseline] [--eval]`: how fast is a training step and an
+evaluation, and how close to the hardware's peak is it?
+
+Times `Trainer.step()` (one G update + n_dis D updates) per head on synthetic uint8 data resident on the
+device: warm-up excluded, device synchronised, median over repeats. FLOPs per iteration are counted with
+torch.utils.flop_counter. `--baseline` also times a straightforward eager implementation of the same networks
+(host-side batches, per-step .item(), requires_grad toggling, non-foreach Adam) in the same process.
+Config overrides use Hydra syntax, e.g. `model=sngan train.n_dis=5 train.precision=bf16`.
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+from hydra import compose, initialize_config_dir
+from torch.utils.flop_counter import FlopCounterMode
+
+from .app import CONF_DIR, resolve_device
+from .config import ConfigError, validate
+from .data import ImageData
+from .train.loop import LOSSES, Trainer, dequantize
+from .train.run_dir import RunDir
+from .train.samples import to_uint8
+
+# Dense peak TFLOP/s by (device-name fragment, dtype), from the vendors' data sheets (SXM parts).
+PEAK_TFLOPS = {("H100", "bf16"): 989.0, ("H100", "fp32"): 67.0, ("H200", "bf16"): 989.0, ("H200", "fp32"): 67.0,
+               ("A100", "bf16"): 312.0, ("A100", "fp32"): 19.5}
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_call(fn, device, warmup: int, repeats: int, inner: int = 1) -> float:
+    """Median seconds per call of fn (each sample = `inner` calls), after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    samples = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        synchronize(device)
+        samples.append((time.perf_counter() - t0) / inner)
+    return statistics.median(samples)
+
+
+def count_flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def synthetic_data(n_classes: int, resolution: int, device, n: int = 4096) -> ImageData:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 3, resolution, resolution), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, n_classes, (n,), generator=g)
+    return ImageData(images, labels, n_classes, "synthetic", "train").to(device)
+
+
+def peak_tflops(device: torch.device, precision: str) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for (frag, p), v in PEAK_TFLOPS.items() if frag in name and p == precision), None)
+
+
+class BaselineStep:
+    """A straightforward eager GAN step as commonly written: batches gathered on the host and copied over,
+    D frozen with requires_grad_(False) for the G step, losses read with .item() every step, plain Adam."""
+
+    def __init__(self, trainer: Trainer):
+        self.t, self.G, self.D, self.device = trainer.cfg.train, trainer.G, trainer.D, trainer.device
+        self.z_dim, self.n_classes = trainer.cfg.model.z_dim, trainer.data.n_classes
+        self.images, self.labels = trainer.data.images.cpu(), trainer.data.labels.cpu()
+        t = self.t
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), foreach=False)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), foreach=False)
+        self.loss_d, self.loss_g = LOSSES[t.loss]
+        self.history = []
+
+    def __call__(self) -> None:
+        t, head = self.t, self.D.head
+        self.D.requires_grad_(False)
+        z = torch.randn(t.batch_g, self.z_dim).to(self.device)
+        y = torch.randint(0, self.n_classes, (t.batch_g,)).to(self.device)
+        out = self.D(self.G(z, y), y)
+        g_loss = self.loss_g(out.adv) + head.g_aux_loss(out, y)
+        self.opt_g.zero_grad()
+        g_loss.backward()
+        self.opt_g.step()
+        self.D.requires_grad_(True)
+        for _ in range(t.n_dis):
+            idx = torch.randint(0, len(self.labels), (t.batch_d,))
+            x_real, y_real = dequantize(self.images[idx]).to(self.device), self.labels[idx].to(self.device)
+            z = torch.randn(t.batch_d, self.z_dim).to(self.device)
+            y = torch.randint(0, self.n_classes, (t.batch_d,)).to(self.device)
+            x_fake = self.G(z, y).detach()
+            real, fake = self.D(x_real, y_real), self.D(x_fake, y)
+            d_loss = self.loss_d(real.adv, fake.adv) + head.d_aux_loss(real, y_real, fake, y)
+            self.opt_d.zero_grad()
+            d_loss.backward()
+            self.opt_d.step()
+        self.history.append((d_loss.item(), g_loss.item()))
+
+
+def make_config(overrides: list[str]):
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        cfg = compose("config", overrides=["wandb.mode=disabled", *overrides])
+    validate(cfg)
+    return cfg
+
+
+def bench_head(cfg, device, args, run_dir) -> dict:
+    """Time one head's training step (cfg already selects the head)."""
+    data = synthetic_data(args.n_classes, cfg.dataset.resolution, device)
+    trainer = Trainer(cfg, data, RunDir(run_dir), device)
+    t, head = cfg.train, cfg.head.name
+    flops = count_flops(trainer.step)
+    sec = time_call(trainer.step, device, args.warmup, args.repeats)
+    row = {"head": head, "precision": t.precision, "compile": bool(t.compile), "channels_last": bool(t.channels_last),
+           "ms_per_it": 1e3 * sec, "it_per_s": 1.0 / sec, "gflop_per_it": flops / 1e9,
+           "tflop_per_s": flops / sec / 1e12}
+    peak = peak_tflops(device, t.precision)
+    row["peak_fraction"] = None if peak is None else row["tflop_per_s"] / peak
+    if args.baseline:
+        base = BaselineStep(trainer)
+        base_sec = time_call(base, device, args.warmup, args.repeats)
+        row.update({"baseline_ms_per_it": 1e3 * base_sec, "speedup_vs_baseline": base_sec / sec})
+    return row
+
+
+def bench_eval(cfg, device, args, run_dir) -> dict:
+    """Generation and feature-extraction throughput, and the projected wall time of one final evaluation."""
+    from .metrics.feature_space import FeatureSpace
+    from .metrics.classifier import DomainClassifier
+    data = synthetic_data(args.n_classes, cfg.dataset.resolution, device)
+    trainer = Trainer(cfg, data, RunDir(run_dir), device)
+    G, batch = trainer.G.eval(), cfg.eval.batch_size
+    z = torch.randn(batch, cfg.model.z_dim, device=device)
+    y = torch.arange(batch, device=device) % args.n_classes
+
+    @torch.no_grad()
+    def generate():
+        return to_uint8(G(z, y))
+
+    gen_s = time_call(generate, device, 1, args.repeats)
+    if cfg.eval.feature_space == "inception":
+        space = inception_space(cfg, device)
+    else:
+        space = FeatureSpace("classifier", "classifier", DomainClassifier(args.n_classes).to(device).eval())
+    images = generate()
+    feat_s = time_call(lambda: space.extract(images, batch), device, 1, args.repeats)
+    n = cfg.eval.n_generated
+    return {"feature_space": space.name, "eval_batch": batch, "generated_img_per_s": batch / gen_s,
+            "features_img_per_s": batch / feat_s,
+            "final_eval_generation_and_features_s": n * (gen_s + feat_s) / batch,
+            "final_eval_n_generated": n}
+
+
+def inception_space(cfg, device):
+    """The real Inception extractor; without its weights file, the same architecture with random weights
+    (throughput does not depend on the weight values), reported as such."""
+    from unittest import mock
+
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    from .metrics.feature_space import FeatureSpace, WeightsMissingError, _InceptionPoolAndLogits, \
+        inception_weights_path
+    try:
+        return FeatureSpace("inception", "inception",
+                            _InceptionPoolAndLogits(inception_weights_path(cfg.eval.inception_weights)).to(device))
+    except WeightsMissingError:
+        with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
+                mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None):
+            model = _InceptionPoolAndLogits(None).to(device)
+        return FeatureSpace("inception (random weights, timing only)", "inception-random", model)
+
+
+def format_table(rows: list[dict], keys: list[str]) -> str:
+    import pandas as pd
+    return pd.DataFrame(rows)[[k for k in keys if any(k in r for r in rows)]].to_markdown(index=False,
+                                                                                        floatfmt=".3g")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cgan_bench.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=sngan train.n_dis=5")
+    parser.add_argument("--heads", default="projection,concat,acgan", help="comma-separated heads to time")
+    parser.add_argument("--n-classes", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--baseline", action="store_true", help="also time a plain eager implementation")
+    parser.add_argument("--eval", action="store_true", help="also time generation and feature extraction")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    args = parser.parse_args(argv)
+    try:
+        cfg = make_config(args.overrides)
+        device = resolve_device(str(cfg.device))
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    import tempfile
+    torch.backends.cudnn.benchmark = True
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+              "torch": torch.__version__, "config": {"model": dict(cfg.model), "resolution": cfg.dataset.resolution,
+                                                     "n_dis": cfg.train.n_dis, "batch_d": cfg.train.batch_d,
+                                                     "batch_g": cfg.train.batch_g, "overrides": args.overrides},
+              "method": f"median of {args.repeats} timed iterations after {args.warmup} warm-up, device synchronised",
+              "train": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for head in args.heads.split(","):
+            c = make_config([*args.overrides, f"head={head}"])
+            result["train"].append(bench_head(c, device, args, tmp))
+        if args.eval:
+            result["eval"] = bench_eval(cfg, device, args, tmp)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"device: {result['device']}, torch {result['torch']}, {result['method']}")
+        print(f"config: {result['config']}\n")
+        print(format_table(result["train"], ["head", "precision", "compile", "channels_last", "ms_per_it", "it_per_s",
+                                             "gflop_per_it", "tflop_per_s", "peak_fraction", "baseline_ms_per_it",
+                                             "speedup_vs_baseline"]))
+        if "eval" in result:
+            print()
+            print(format_table([result["eval"]], list(result["eval"])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""The benchmark command prints every field (its speed is measured by people, not asserted here)."""
+import json
+
+from cgan_bench.bench import main
+
+
+def run_bench(capsys, *args):
+    assert main(["train=smoke", "--heads", "projection,acgan", "--repeats", "1", "--warmup", "1", "--json", *args]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_bench_json_has_every_field(capsys):
+    out = run_bench(capsys, "--baseline", "--eval")
+    assert out["device"].startswith("cpu") and out["torch"] and "median" in out["method"]
+    assert [r["head"] for r in out["train"]] == ["projection", "acgan"]
+    for row in out["train"]:
+        for key in ("ms_per_it", "it_per_s", "gflop_per_it", "tflop_per_s", "baseline_ms_per_it",
+                    "speedup_vs_baseline"):
+            assert row[key] > 0, key
+        assert row["it_per_s"] * row["ms_per_it"] == __import__("pytest").approx(1000.0)
+        assert row["peak_fraction"] is None  # no peak is claimed for a CPU
+        assert row["precision"] == "fp32" and row["compile"] is False
+    ev = out["eval"]
+    for key in ("generated_img_per_s", "features_img_per_s", "final_eval_generation_and_features_s"):
+        assert ev[key] > 0
+    assert ev["feature_space"] == "classifier"
+
+
+def test_flops_grow_with_discriminator_steps(capsys):
+    one = run_bench(capsys)["train"][0]["gflop_per_it"]
+    three = run_bench(capsys, "train.n_dis=3")["train"][0]["gflop_per_it"]
+    assert three > 1.5 * one
+
+
+def test_bad_override_is_a_one_line_error(capsys):
+    assert main(["train.n_dis=0", "--json"]) == 2
+    assert "train.n_dis" in capsys.readouterr().err
