@@ -135,11 +135,14 @@ def bench_head(cfg, device, args, run_dir) -> dict:
 
 
 def bench_eval(cfg, device, args, run_dir) -> dict:
-    """Generation and feature-extraction throughput, and the projected wall time of one final evaluation."""
-    from .metrics.feature_space import FeatureSpace
+    """Generation and feature-extraction throughput, and the measured wall time of one final evaluation
+    under the configured eval protocol (reference features cached beforehand, as in a real run)."""
     from .metrics.classifier import DomainClassifier
-    data = synthetic_data(args.n_classes, cfg.dataset.resolution, device)
-    trainer = Trainer(cfg, data, RunDir(run_dir), device)
+    from .metrics.evaluator import Evaluator
+    from .metrics.feature_space import FeatureSpace
+    n_real = cfg.eval.n_real if cfg.eval.n_real > 0 else 10000
+    real = synthetic_data(args.n_classes, cfg.dataset.resolution, device, n=n_real)
+    trainer = Trainer(cfg, real, RunDir(run_dir), device)
     G, batch = trainer.G.eval(), cfg.eval.batch_size
     z = torch.randn(batch, cfg.model.z_dim, device=device)
     y = torch.arange(batch, device=device) % args.n_classes
@@ -152,14 +155,20 @@ def bench_eval(cfg, device, args, run_dir) -> dict:
     if cfg.eval.feature_space == "inception":
         space = inception_space(cfg, device)
     else:
-        space = FeatureSpace("classifier", "classifier", DomainClassifier(args.n_classes).to(device).eval())
+        classifier = DomainClassifier(args.n_classes).to(device).eval()
+        space = FeatureSpace("classifier", "classifier", classifier, classify=classifier.fc)
     images = generate()
     feat_s = time_call(lambda: space.extract(images, batch), device, 1, args.repeats)
-    n = cfg.eval.n_generated
-    return {"feature_space": space.name, "eval_batch": batch, "generated_img_per_s": batch / gen_s,
-            "features_img_per_s": batch / feat_s,
-            "final_eval_generation_and_features_s": n * (gen_s + feat_s) / batch,
-            "final_eval_n_generated": n}
+    eval_cfg = cfg.eval.copy()
+    eval_cfg.cache_dir = str(run_dir)
+    evaluator = Evaluator(eval_cfg, space, real, RunDir(run_dir), device, cfg.model.z_dim, cfg.seed)  # caches refs
+    synchronize(device)
+    t0 = time.perf_counter()
+    evaluator.evaluate(G, 0, "final")
+    synchronize(device)
+    return {"feature_space": space.name, "eval_protocol_n_generated": cfg.eval.n_generated,
+            "eval_protocol_n_real": n_real, "eval_batch": batch, "generated_img_per_s": batch / gen_s,
+            "features_img_per_s": batch / feat_s, "final_eval_s": time.perf_counter() - t0}
 
 
 def inception_space(cfg, device):
@@ -172,8 +181,8 @@ def inception_space(cfg, device):
     from .metrics.feature_space import FeatureSpace, WeightsMissingError, _InceptionPoolAndLogits, \
         inception_weights_path
     try:
-        return FeatureSpace("inception", "inception",
-                            _InceptionPoolAndLogits(inception_weights_path(cfg.eval.inception_weights)).to(device))
+        weights = inception_weights_path(cfg.eval.inception_weights)
+        return FeatureSpace("inception", "inception", _InceptionPoolAndLogits(weights).to(device))
     except WeightsMissingError:
         with mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}), \
                 mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, *a, **k: None):

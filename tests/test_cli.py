@@ -77,3 +77,45 @@ def test_resume_continues_at_the_saved_iteration(tmp_path):
     # a third call with the same budget skips the finished run
     r = run_cli(*SMOKE, "train.iterations=4", f"hydra.run.dir={run_dir}")
     assert r.returncode == 0 and "already completed" in r.stdout + r.stderr
+
+
+DESIGN_METRICS = ["is_mean", "is_std", "fid", "kid_mean", "kid_std", "precision", "recall", "intra_fid_mean",
+                  "diversity_ratio_mean", "coverage_mean", "class_accuracy", "collapsed_classes"]
+PROTOCOL_FIELDS = ["feature_space", "n_fake", "n_real", "real_split", "isc_splits"]
+PER_CLASS_COLUMNS = ["class", "intra_fid", "diversity_ratio", "coverage", "accuracy"]
+
+
+def test_curve_and_final_lines_carry_every_metric_and_protocol_field(tmp_path):
+    run_dir = tmp_path / "run"
+    r = run_cli(*SMOKE, "train.iterations=3", "eval.every=2", "eval.real_split=test", f"hydra.run.dir={run_dir}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [x for x in lines if x["phase"] in ("curve", "final")]
+    assert [(x["phase"], x["iteration"]) for x in evals] == [("curve", 2), ("final", 3)]
+    for x in evals:
+        for key in DESIGN_METRICS + PROTOCOL_FIELDS:
+            assert key in x and x[key] is not None, key
+        assert x["real_split"] == "test" and x["feature_space"] == "classifier" and x["n_real"] == 360
+    assert evals[0]["n_generated"] == 50 and evals[1]["n_generated"] == 100  # curve uses fewer samples
+    per_class = pd.read_csv(run_dir / "per_class.csv")
+    assert list(per_class.columns[:5]) == PER_CLASS_COLUMNS and len(per_class) == 10
+
+
+def test_installed_wheel_runs_without_the_source_tree(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    repo = Path(__file__).resolve().parents[1]
+    wheels, target = tmp_path / "wheels", tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", str(repo), "--no-deps", "-q", "-w", str(wheels)],
+                   check=True, capture_output=True)
+    wheel = next(wheels.glob("cgan_bench-*.whl"))
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True)
+    env = {"PYTHONPATH": str(target)}
+    where = subprocess.run([sys.executable, "-c", "import cgan_bench.app as a; print(a.CONF_DIR)"], cwd=tmp_path,
+                           capture_output=True, text=True, env={**__import__("os").environ, **env})
+    assert where.stdout.strip().startswith(str(target)), where.stdout + where.stderr
+    r = run_cli(*SMOKE, "+sweep=digits", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "completed"

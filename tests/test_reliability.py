@@ -147,6 +147,7 @@ BAD_INPUTS = [
     (["model.g_ch=0"], "model.g_ch"),
     (["head=concat", "head.stage=0"], "head.stage"),
     (["+head.depth=3"], "head."),
+    (["eval.feature_space=inception", "eval.inception_weights=/nonexistent/inception.pth"], "eval.inception_weights"),
 ]
 
 
@@ -180,3 +181,24 @@ def test_parallel_launchers_complete_and_share_one_cache(launcher, tmp_path):
     assert ref["features"].shape[0] == ref["labels"].shape[0] == 1437
     finals = [final_metrics(Path(p)) for p in runs["path"]]
     assert finals[0]["n_real"] == finals[1]["n_real"] == 1437
+
+
+def test_missing_inception_weights_stop_before_training_with_where_to_put_them(tmp_path):
+    hub = tmp_path / "torch_home"  # an empty torch cache; no network here, so the download fails fast
+    r = run_cli(*SMOKE, "eval.feature_space=inception", f"hydra.run.dir={tmp_path / 'run'}",
+                env={"TORCH_HOME": str(hub)})
+    assert r.returncode == 2
+    assert "weights-inception-2015-12-05-6726825d.pth" in r.stderr and str(hub / "hub" / "checkpoints") in r.stderr
+    assert json.loads((tmp_path / "run" / "status.json").read_text())["iteration"] == 0
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_rerun_multirun_skips_completed_jobs(tmp_path):
+    args = ["-m", "head=projection,concat", *SMOKE, f"hydra.sweep.dir={tmp_path / 'sweep'}",
+            f"report_dir={tmp_path / 'reports'}"]
+    assert run_cli(*args).returncode == 0
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "sweep").glob("*/checkpoints/last.pt")}
+    r = run_cli(*args)
+    assert r.returncode == 0
+    assert (r.stdout + r.stderr).count("already completed") == 2
+    assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing retrained

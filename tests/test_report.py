@@ -215,3 +215,23 @@ def test_wandb_offline_run_has_group_tags_metrics_and_images(tmp_path):
     text = "\n".join(p.read_text(errors="ignore") for p in run_dir.rglob("*") if p.is_file() and p.suffix in
                      (".yaml", ".json", ".log", ".jsonl", ".txt"))
     assert "api_key" not in text.lower()
+
+
+def test_each_sweep_job_gets_its_own_wandb_run(tmp_path):
+    clean_env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
+    sweep = tmp_path / "sweep"
+    r = subprocess.run([sys.executable, "-m", "cgan_bench", "-m", "head=projection,concat", *SMOKE,
+                        "wandb.mode=offline", f"hydra.sweep.dir={sweep}", f"report_dir={tmp_path / 'reports'}"],
+                       capture_output=True, text=True, env=clean_env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = {}
+    for run_dir in sorted(p for p in sweep.iterdir() if p.is_dir()):
+        files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+        assert len(files) == 1, run_dir
+        record = next(x.run for x in read_wandb_records(files[0]) if x.WhichOneof("record_type") == "run")
+        runs[record.run_id] = (record.job_type, record.run_group)
+        history = history_rows(read_wandb_records(files[0]))
+        assert [h["iteration"] for h in history if "train/d_loss" in h] == [1, 2]  # only this job's steps
+    assert len(runs) == 2  # two distinct runs, not one reused
+    assert sorted(job for job, _ in runs.values()) == ["concat", "projection"]
+    assert {group for _, group in runs.values()} == {"sweep"}

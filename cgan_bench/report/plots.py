@@ -19,6 +19,14 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_")
 
 
+def _save(fig, title: str, path: Path) -> Path:
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def curve_plot(curves: pd.DataFrame, column: str, out: Path) -> Path | None:
     """FID and IS against iteration, one line per head: mean over seeds with a min-max band."""
     c = curves[(curves["column"] == column) & (curves["phase"] == "curve")]
@@ -34,12 +42,8 @@ def curve_plot(curves: pd.DataFrame, column: str, out: Path) -> Path | None:
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle(f"{column}: curve evaluations (mean over seeds, band = min..max)")
-    fig.tight_layout()
-    path = out / f"curves_{_slug(column)}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, f"{column}: curve evaluations (mean over seeds, band = min..max)",
+                 out / f"curves_{_slug(column)}.png")
 
 
 def per_class_plot(per_class: pd.DataFrame, column: str, out: Path) -> Path | None:
@@ -67,12 +71,7 @@ def per_class_plot(per_class: pd.DataFrame, column: str, out: Path) -> Path | No
         ax.set_xlabel(f"class (sorted by {ref}'s value)")
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(ncol=len(heads))
-    fig.suptitle(f"{column}: per-class statistics (mean over seeds)")
-    fig.tight_layout()
-    path = out / f"per_class_{_slug(column)}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, f"{column}: per-class statistics (mean over seeds)", out / f"per_class_{_slug(column)}.png")
 
 
 def copy_run_images(done: pd.DataFrame, column: str, out: Path) -> dict[str, dict[str, Path]]:

@@ -102,7 +102,8 @@ class Trainer:
         # compiled views of the same modules (state dicts, checkpoints and sampling use the originals)
         self.G_fast = torch.compile(self.G) if t.compile else self.G
         self.D_fast = torch.compile(self.D) if t.compile else self.D
-        adam = dict(lr=t.lr, betas=(t.beta1, t.beta2), foreach=True)
+        fast = {"fused": True} if self.device.type == "cuda" else {"foreach": True}  # one kernel per step on GPU
+        adam = dict(lr=t.lr, betas=(t.beta1, t.beta2), **fast)
         self.opt_g = torch.optim.Adam(self.G.parameters(), **adam)
         self.opt_d = torch.optim.Adam(self.D.parameters(), **adam)
         decay = linear_decay(t.iterations, t.lr_decay_start)
