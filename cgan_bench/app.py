@@ -20,7 +20,6 @@ from omegaconf import DictConfig
 from .config import ConfigError, check_against_data, check_group_overrides, validate
 from .data import DataMissingError, load_dataset
 from .heads import UnknownHeadError
-from .metrics.evaluator import Evaluator
 from .metrics.feature_space import WeightsMissingError, make_feature_space
 from .tracking import WandbTracker, resolve_mode
 from .train.loop import Diverged, Preempted, ResumeConfigMismatch, Trainer
@@ -61,6 +60,7 @@ def run_job(cfg: DictConfig, run_dir: Path, group: str = "single", job_num: int 
         if finals:
             log.info("%s is already completed; skipping (delete it or set resume=false to train again)", run_dir)
             return finals[-1]
+    from .metrics.evaluator import Evaluator  # torch-fidelity, pandas: only once a job really runs
     t_start = time.perf_counter()
     trainer, tracker = None, None
     try:

@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", action="store_true", help="also time a plain eager implementation")
     parser.add_argument("--eval", action="store_true", help="also time generation and feature extraction")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         cfg = make_config(args.overrides)
         device = resolve_device(str(cfg.device))

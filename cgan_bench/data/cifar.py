@@ -4,14 +4,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from filelock import FileLock
 
 from .dataset import DataMissingError, ImageData, data_root, to_uint8_images
 
-DATASETS = {
-    "cifar10": (torchvision.datasets.CIFAR10, "cifar-10-python.tar.gz", "cifar-10-batches-py"),
-    "cifar100": (torchvision.datasets.CIFAR100, "cifar-100-python.tar.gz", "cifar-100-python"),
+DATASETS = {  # name -> (torchvision class name, archive, extracted folder)
+    "cifar10": ("CIFAR10", "cifar-10-python.tar.gz", "cifar-10-batches-py"),
+    "cifar100": ("CIFAR100", "cifar-100-python.tar.gz", "cifar-100-python"),
 }
 
 
@@ -28,7 +27,9 @@ def _open(cls, root: Path, train: bool, download: bool):
 
 
 def load(name: str, split: str, resolution: int, root: str | None = None, download: bool = True, **_) -> ImageData:
-    cls, archive, folder = DATASETS[name]
+    import torchvision  # imported here: keeps `python -m cgan_bench` quick to start
+    class_name, archive, folder = DATASETS[name]
+    cls = getattr(torchvision.datasets, class_name)
     root_path = data_root(root)
     try:
         ds = _open(cls, root_path, split == "train", download)

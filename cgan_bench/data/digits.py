@@ -6,8 +6,6 @@ Upsampled bilinearly to the configured resolution and replicated to RGB; a fixed
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 
 from .dataset import ImageData, to_uint8_images
 
@@ -16,6 +14,8 @@ TEST_FRACTION = 0.2
 
 
 def load(split: str, resolution: int, **_) -> ImageData:
+    from sklearn.datasets import load_digits  # imported here: keeps `python -m cgan_bench` quick to start
+    from sklearn.model_selection import train_test_split
     digits = load_digits()
     x = digits.images.astype(np.float32) * (255.0 / 16.0)  # values 0..16 -> 0..255
     y = digits.target.astype(np.int64)

@@ -7,8 +7,6 @@ the user points `path` at a folder that holds one).
 from pathlib import Path
 
 import torch
-import torchvision
-from torchvision.transforms import v2
 
 from .dataset import DataMissingError, ImageData
 
@@ -16,6 +14,8 @@ EXTENSIONS = (".png", ".jpg", ".jpeg")
 
 
 def load(split: str, resolution: int, path: str | None = None, **_) -> ImageData:
+    import torchvision  # imported here: keeps `python -m cgan_bench` quick to start
+    from torchvision.transforms import v2
     if not path:
         raise DataMissingError("dataset=imagefolder needs dataset.path=/folder/with/one/sub-folder/per/class")
     root = Path(path).expanduser()

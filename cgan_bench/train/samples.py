@@ -2,7 +2,6 @@
 from pathlib import Path
 
 import torch
-import torchvision
 
 from ..io import _replace_from_temp
 
@@ -19,6 +18,11 @@ def grid_classes(n_classes: int, max_rows: int = 10) -> list[int]:
     return torch.linspace(0, n_classes - 1, max_rows).round().long().tolist()
 
 
+def make_grid(images: torch.Tensor, n_cols: int) -> torch.Tensor:
+    import torchvision
+    return torchvision.utils.make_grid(images, nrow=n_cols, padding=1, pad_value=255)
+
+
 @torch.no_grad()
 def class_grid(G, n_classes: int, z_dim: int, device, n_cols: int = 10, seed: int = 1234, max_rows: int = 10):
     """uint8 (3, H', W') grid image: one row per class, the same z down each column."""
@@ -30,7 +34,7 @@ def class_grid(G, n_classes: int, z_dim: int, device, n_cols: int = 10, seed: in
     G.eval()
     images = to_uint8(G(z, y))
     G.train(was_training)
-    return torchvision.utils.make_grid(images.cpu(), nrow=n_cols, padding=1, pad_value=255)
+    return make_grid(images.cpu(), n_cols)
 
 
 @torch.no_grad()
@@ -46,7 +50,7 @@ def morph_grid(G, class_a: int, class_b: int, n_classes: int, z_dim: int, device
     G.eval()
     images = to_uint8(G(z, w))
     G.train(was_training)
-    return torchvision.utils.make_grid(images.cpu(), nrow=n_steps, padding=1, pad_value=255)
+    return make_grid(images.cpu(), n_steps)
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:
