@@ -102,9 +102,10 @@ class Trainer:
         # compiled views of the same modules (state dicts, checkpoints and sampling use the originals)
         self.G_fast = torch.compile(self.G) if t.compile else self.G
         self.D_fast = torch.compile(self.D) if t.compile else self.D
-        fast = {"fused": True} if self.device.type == "cuda" else {"foreach": True}  # one kernel per step on GPU
+        fast = {"fused": True} if self.device.type == "cuda" else {}  # fused kernels on GPU; PyTorch default on CPU
         adam = dict(lr=t.lr, betas=(t.beta1, t.beta2), **fast)
-        self.opt_g = torch.optim.Adam(self.G.parameters(), **adam)
+        self.g_params = list(self.G.parameters())
+        self.opt_g = torch.optim.Adam(self.g_params, **adam)
         self.opt_d = torch.optim.Adam(self.D.parameters(), **adam)
         decay = linear_decay(t.iterations, t.lr_decay_start)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, decay)
@@ -164,7 +165,7 @@ class Trainer:
             out_fake = D(G(z, y_fake), y_fake)
         g_loss = self.loss_g(out_fake.adv) + head.g_aux_loss(out_fake, y_fake)
         self.opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()  # D also receives grads here; they are cleared before D's step
+        g_loss.backward(inputs=self.g_params)  # no gradient work for D's weights (no requires_grad toggling)
         self.opt_g.step()
 
         for _ in range(t.n_dis):
