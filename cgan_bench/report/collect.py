@@ -69,7 +69,8 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
     evals = [{**ident, **r} for r in lines if r.get("phase") in ("curve", "final")]
     finals = [r for r in evals if r["phase"] == "final"]
     train = cfg.get("train") or {}
-    row = {**ident, "state": status.get("state"), "reason": status.get("reason", ""),
+    overrides = _read_yaml(run_dir / ".hydra" / "overrides.yaml") or []
+    row = {**ident, "overrides": " ".join(str(o) for o in overrides), "state": status.get("state"), "reason": status.get("reason", ""),
            "iteration": status.get("iteration"), "total_iterations": status.get("total_iterations"),
            "wall_s": status.get("wall_s"), "it_per_s": status.get("it_per_s"),
            "n_dis": train.get("n_dis"), "batch_d": train.get("batch_d"), "batch_g": train.get("batch_g"),
@@ -88,6 +89,19 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
     return row, evals, per_class
 
 
+IDENTITY_OVERRIDES = ("head", "seed", "dataset")
+
+
+def variants(rows: list[dict]) -> dict[str, str]:
+    """run -> the overrides that differ between runs other than head/seed/dataset (e.g. `+adam=B`), so that
+    runs with different settings are never averaged as if they were seeds."""
+    parsed = {r["run"]: dict(o.partition("=")[::2] for o in r.get("overrides", "").split() if "=" in o)
+              for r in rows}
+    keys = {k for p in parsed.values() for k in p if k.lstrip("+~") not in IDENTITY_OVERRIDES}
+    varying = sorted(k for k in keys if len({p.get(k) for p in parsed.values()}) > 1)
+    return {run: " ".join(f"{k}={p[k]}" for k in varying if k in p) for run, p in parsed.items()}
+
+
 def load_sweep(sweep_dir: Path) -> SweepFrames:
     rows, curves, per_class = [], [], []
     for run_dir in find_run_dirs(sweep_dir):
@@ -95,5 +109,8 @@ def load_sweep(sweep_dir: Path) -> SweepFrames:
         rows.append(row)
         curves.extend(evals)
         per_class.extend(pc)
+    variant = variants(rows)
+    for r in rows:
+        r["variant"] = variant[r["run"]]
     return SweepFrames(pd.DataFrame(rows), pd.DataFrame(curves), pd.DataFrame(per_class),
                        expected_job_count(sweep_dir))

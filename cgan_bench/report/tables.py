@@ -44,13 +44,16 @@ def protocol_label(row) -> str:
 
 
 def with_columns_key(done: pd.DataFrame) -> pd.DataFrame:
-    """Column group = dataset, qualified by the protocol when one dataset was evaluated in several ways."""
+    """Column group = dataset, qualified by the protocol when one dataset was evaluated in several ways and by
+    the swept setting (`variant`, e.g. `+adam=B`) when runs differ in more than head and seed."""
     done = done.copy()
     if done.empty:
         return done.assign(protocol=pd.Series(dtype=str), column=pd.Series(dtype=str))
     done["protocol"] = done.apply(protocol_label, axis=1)
     n_protocols = done.groupby("dataset")["protocol"].nunique()
     done["column"] = [d if n_protocols[d] == 1 else f"{d} [{p}]" for d, p in zip(done["dataset"], done["protocol"])]
+    if "variant" in done:
+        done["column"] = [c if not v else f"{c} {v}" for c, v in zip(done["column"], done["variant"].fillna(""))]
     return done
 
 
