@@ -235,3 +235,13 @@ def test_each_sweep_job_gets_its_own_wandb_run(tmp_path):
     assert len(runs) == 2  # two distinct runs, not one reused
     assert sorted(job for job, _ in runs.values()) == ["concat", "projection"]
     assert {group for _, group in runs.values()} == {"sweep"}
+
+
+def test_swept_settings_other_than_head_and_seed_are_kept_apart():
+    from cgan_bench.report.collect import variants
+    rows = [{"run": f"{i}", "overrides": f"head={h} seed={s} +adam={a} train=smoke"}
+            for i, (h, s, a) in enumerate([("projection", 0, "A"), ("projection", 1, "A"), ("concat", 0, "B")])]
+    assert variants(rows) == {"0": "+adam=A", "1": "+adam=A", "2": "+adam=B"}
+    same = [{"run": "0", "overrides": "head=projection seed=0 train=smoke"},
+            {"run": "1", "overrides": "head=concat seed=1 train=smoke"}]
+    assert variants(same) == {"0": "", "1": ""}
