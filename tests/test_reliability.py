@@ -53,7 +53,7 @@ def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_pa
     wait_for_iteration(killed, 12, proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    at_kill = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)["iteration"]
+    at_kill = load_checkpoint(killed / "checkpoints")["iteration"]
     assert 10 <= at_kill < 60
 
     r = run_cli(*LONG, f"hydra.run.dir={killed}")

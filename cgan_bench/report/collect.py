@@ -7,6 +7,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from ..io import read_jsonl
+
 RUN_KEYS = ["run", "dataset", "head", "seed"]
 
 
@@ -23,17 +25,6 @@ def _read_yaml(path: Path) -> dict:
         return yaml.safe_load(path.read_text()) or {}
     except (FileNotFoundError, yaml.YAMLError):
         return {}
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line from a killed job
-    return rows
 
 
 def find_run_dirs(sweep_dir: Path) -> list[Path]:
@@ -65,7 +56,7 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
         status = json.loads(status_path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         status = {"state": "not started", "reason": "no status.json"}
-    lines = _read_jsonl(run_dir / "metrics.jsonl")
+    lines = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     evals = [{**ident, **r} for r in lines if r.get("phase") in ("curve", "final")]
     finals = [r for r in evals if r["phase"] == "final"]
     train = cfg.get("train") or {}

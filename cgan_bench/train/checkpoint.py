@@ -1,4 +1,6 @@
 """Checkpoints: everything needed to continue a run bit-for-bit, written atomically, the previous one kept."""
+import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -23,15 +25,25 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(folder: Path, state: dict) -> Path:
-    """Write last.pt via temp + rename; the old last.pt becomes previous.pt only once the new one is complete."""
+    """Write last.pt via temp + rename; the old last.pt becomes previous.pt only once the new one is complete.
+
+    At every instant last.pt is a complete checkpoint (old or new): the old one is linked to previous.pt
+    before the new one is renamed over it, so a kill at any point loses at most the step being written."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tmp_final = folder / ".next.pt"
     atomic_torch_save(tmp_final, state)
-    if (folder / LAST).exists():
-        (folder / LAST).replace(folder / PREVIOUS)
-    tmp_final.replace(folder / LAST)
-    return folder / LAST
+    last = folder / LAST
+    if last.exists():
+        tmp_prev = folder / ".previous.pt"
+        tmp_prev.unlink(missing_ok=True)
+        try:
+            os.link(last, tmp_prev)
+        except OSError:  # filesystems without hard links
+            shutil.copyfile(last, tmp_prev)
+        os.replace(tmp_prev, folder / PREVIOUS)
+    os.replace(tmp_final, last)
+    return last
 
 
 def load_checkpoint(folder: Path, map_location="cpu") -> dict | None:
