@@ -35,3 +35,14 @@ def test_flops_grow_with_discriminator_steps(capsys):
 def test_bad_override_is_a_one_line_error(capsys):
     assert main(["train.n_dis=0", "--json"]) == 2
     assert "train.n_dis" in capsys.readouterr().err
+
+
+def test_eval_timing_without_inception_weights_uses_the_architecture_and_says_so(tmp_path, monkeypatch):
+    import torch
+    from cgan_bench.bench import inception_space, make_config
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))  # an empty cache; the download fails offline
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    space = inception_space(make_config(["eval.feature_space=inception"]), torch.device("cpu"))
+    assert "random weights" in space.name
+    features, logits = space.extract(torch.zeros(2, 3, 16, 16, dtype=torch.uint8), 2)
+    assert features.shape == (2, 2048) and logits.shape == (2, 1008)

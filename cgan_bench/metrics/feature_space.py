@@ -83,11 +83,11 @@ class FeatureSpace:
 
 
 class _InceptionPoolAndLogits(nn.Module):
-    def __init__(self, weights: Path):
+    def __init__(self, weights: Path | None):
         super().__init__()
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                               feature_extractor_weights_path=str(weights))
+                                               feature_extractor_weights_path=None if weights is None else str(weights))
 
     def forward(self, x):
         return self.net(x)
