@@ -34,18 +34,17 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn, device, warmup: int, repeats: int, inner: int = 1) -> float:
-    """Median seconds per call of fn (each sample = `inner` calls), after `warmup` calls."""
+def time_call(fn, device, warmup: int, repeats: int) -> float:
+    """Median seconds per call of fn over `repeats` calls, after `warmup` calls."""
     for _ in range(warmup):
         fn()
     synchronize(device)
     samples = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        for _ in range(inner):
-            fn()
+        fn()
         synchronize(device)
-        samples.append((time.perf_counter() - t0) / inner)
+        samples.append(time.perf_counter() - t0)
     return statistics.median(samples)
 
 

@@ -1,7 +1,7 @@
 """Validate a composed config before any work starts: one line naming the key, the value and what is allowed."""
 from omegaconf import DictConfig
 
-from .heads import HEADS, build_head
+from .heads import HEADS, build_head, head_params
 from .data import LOADERS
 from .train.losses import LOSSES
 
@@ -83,9 +83,9 @@ def _check_head_params(cfg: DictConfig) -> None:
     r = cfg.dataset.resolution
     if not (_is_int(r) and r >= 16 and (r & (r - 1)) == 0) or not _is_int(cfg.model.d_ch):
         return  # reported by the resolution/model checks
-    params = {k: v for k, v in cfg.head.items() if k != "name"}
     try:
-        build_head(cfg.head.name, n_classes=2, feature_dim=cfg.model.d_ch, n_blocks=trunk_depth(r)[0], **params)
+        build_head(cfg.head.name, n_classes=2, feature_dim=cfg.model.d_ch, n_blocks=trunk_depth(r)[0],
+                   **head_params(cfg.head))
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
 

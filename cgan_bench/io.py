@@ -9,7 +9,8 @@ from typing import Any
 import torch
 
 
-def _replace_from_temp(path: Path, write) -> None:
+def replace_atomically(path: Path, write) -> None:
+    """Call write(file) on a temp file beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -24,7 +25,7 @@ def _replace_from_temp(path: Path, write) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    _replace_from_temp(Path(path), lambda f: f.write(text.encode()))
+    replace_atomically(Path(path), lambda f: f.write(text.encode()))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -32,7 +33,7 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
-    _replace_from_temp(Path(path), lambda f: torch.save(obj, f))
+    replace_atomically(Path(path), lambda f: torch.save(obj, f))
 
 
 def jsonable(obj: Any) -> Any:

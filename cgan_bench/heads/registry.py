@@ -25,6 +25,11 @@ def head_class(name: str) -> type[Head]:
     return HEADS[name]
 
 
+def head_params(head_cfg) -> dict:
+    """A head's own config values: conf/head/NAME.yaml minus its name."""
+    return {k: v for k, v in head_cfg.items() if k != "name"}
+
+
 def build_head(name: str, n_classes: int, feature_dim: int, n_blocks: int, **params) -> Head:
     """Instantiate a registered head; `params` are the head's own config values (conf/head/NAME.yaml)."""
     cls = head_class(name)

@@ -14,7 +14,7 @@ import torch
 from tqdm import tqdm
 
 from ..data import ImageData
-from ..heads import build_head
+from ..heads import build_head, head_params
 from ..models import Discriminator, Generator, trunk_depth
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .losses import LOSSES
@@ -61,8 +61,8 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 def build_models(cfg, n_classes: int, device) -> tuple[Generator, Discriminator]:
     resolution = cfg.dataset.resolution
     n_blocks, _ = trunk_depth(resolution)
-    head_params = {k: v for k, v in cfg.head.items() if k != "name"}
-    head = build_head(cfg.head.name, n_classes=n_classes, feature_dim=cfg.model.d_ch, n_blocks=n_blocks, **head_params)
+    head = build_head(cfg.head.name, n_classes=n_classes, feature_dim=cfg.model.d_ch, n_blocks=n_blocks,
+                      **head_params(cfg.head))
     G = Generator(n_classes, resolution, cfg.model.g_ch, cfg.model.z_dim).to(device)
     D = Discriminator(head, resolution, cfg.model.d_ch).to(device)
     return G, D

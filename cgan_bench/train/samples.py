@@ -3,7 +3,7 @@ from pathlib import Path
 
 import torch
 
-from ..io import _replace_from_temp
+from ..io import replace_atomically
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -57,4 +57,4 @@ def save_png(image: torch.Tensor, path: Path) -> None:
     """Write a uint8 (3, H, W) image as PNG, atomically."""
     from PIL import Image
     pil = Image.fromarray(image.permute(1, 2, 0).numpy())
-    _replace_from_temp(Path(path), lambda f: pil.save(f, format="PNG"))
+    replace_atomically(Path(path), lambda f: pil.save(f, format="PNG"))
