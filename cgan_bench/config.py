@@ -54,9 +54,6 @@ def validate(cfg: DictConfig) -> None:
     _check(t.precision in ("fp32", "bf16"), "train.precision", t.precision, "fp32 or bf16")
     for key in ("compile", "channels_last"):
         _check(isinstance(t[key], bool), f"train.{key}", t[key], "true or false")
-    _check(t.compile is False, "train.compile", t.compile,
-           "false for now: torch 2.14's compiled backward fails on spectral norm's in-place power iteration "
-           "with two D forwards per step (see BENCHMARKS.md)")
     _check(_is_num(t.max_abs_logit) and t.max_abs_logit > 0, "train.max_abs_logit", t.max_abs_logit, "a number > 0")
 
     e = cfg.eval

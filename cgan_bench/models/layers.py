@@ -1,16 +1,46 @@
 """Small building blocks shared by the generator and the discriminator trunk."""
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _SpectralNorm
 
 
+@torch.library.custom_op("cgan_bench::sn_power_iteration", mutates_args=("u", "v"))
+def sn_power_iteration(weight_mat: torch.Tensor, u: torch.Tensor, v: torch.Tensor, n_iterations: int,
+                       eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch's `_SpectralNorm._power_method` (u and v updated in place), returning copies of the new u and v.
+
+    An opaque op, so that torch.compile keeps the copies that sigma's backward needs apart from the buffers:
+    traced inline, the compiled backward saved the buffer itself, and the second D forward of a D step
+    (real, then fake) bumped its version before the backward ran ("modified by an inplace operation")."""
+    for _ in range(n_iterations):
+        u = F.normalize(torch.mv(weight_mat, v), dim=0, eps=eps, out=u)
+        v = F.normalize(torch.mv(weight_mat.H, u), dim=0, eps=eps, out=v)
+    return u.clone(), v.clone()
+
+
+@sn_power_iteration.register_fake
+def _(weight_mat, u, v, n_iterations, eps):
+    return torch.empty_like(u), torch.empty_like(v)
+
+
 class _Float32SpectralNorm(_SpectralNorm):
-    """PyTorch's spectral-norm parametrization with the power iteration kept in fp32 under bf16 autocast."""
+    """PyTorch's spectral-norm parametrization, with the power iteration kept in fp32 under bf16 autocast and
+    made safe for torch.compile. Eager, it runs torch's own code unchanged; compiled, the same arithmetic
+    goes through `sn_power_iteration` (tests check both give the same weights)."""
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=weight.device.type, enabled=False):
-            return super().forward(weight.float())
+            weight = weight.float()
+            if not torch.compiler.is_compiling() or weight.ndim == 1:
+                return super().forward(weight)
+            weight_mat = self._reshape_weight_to_matrix(weight)
+            if self.training:
+                u, v = sn_power_iteration(weight_mat.detach(), self._u, self._v, self.n_power_iterations, self.eps)
+            else:
+                u, v = self._u.clone(), self._v.clone()
+            return weight / torch.vdot(u, torch.mv(weight_mat, v))
 
 
 def sn(module: nn.Module) -> nn.Module:

@@ -99,9 +99,10 @@ class Trainer:
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.G.to(memory_format=self.memory_format)
         self.D.to(memory_format=self.memory_format)
-        # compiled views of the same modules (state dicts, checkpoints and sampling use the originals)
-        self.G_fast = torch.compile(self.G) if t.compile else self.G
-        self.D_fast = torch.compile(self.D) if t.compile else self.D
+        # compiled views of the same modules (state dicts, checkpoints and sampling use the originals);
+        # static shapes: a run has two batch sizes (batch_g, batch_d), each gets its own specialised graph
+        self.G_fast = torch.compile(self.G, dynamic=False) if t.compile else self.G
+        self.D_fast = torch.compile(self.D, dynamic=False) if t.compile else self.D
         fast = {"fused": True} if self.device.type == "cuda" else {}  # fused kernels on GPU; PyTorch default on CPU
         adam = dict(lr=t.lr, betas=(t.beta1, t.beta2), **fast)
         self.g_params = list(self.G.parameters())
