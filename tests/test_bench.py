@@ -14,7 +14,7 @@ def test_bench_json_has_every_field(capsys):
     assert out["device"].startswith("cpu") and out["torch"] and "median" in out["method"]
     assert [r["head"] for r in out["train"]] == ["projection", "acgan"]
     for row in out["train"]:
-        for key in ("ms_per_it", "it_per_s", "gflop_per_it", "tflop_per_s", "baseline_ms_per_it",
+        for key in ("ms_per_it", "it_per_s", "gflop_per_it", "tflop_per_s", "first_it_s", "baseline_ms_per_it",
                     "speedup_vs_baseline"):
             assert row[key] > 0, key
         assert row["it_per_s"] * row["ms_per_it"] == __import__("pytest").approx(1000.0)
@@ -46,3 +46,11 @@ def test_eval_timing_without_inception_weights_uses_the_architecture_and_says_so
     assert "random weights" in space.name
     features, logits = space.extract(torch.zeros(2, 3, 16, 16, dtype=torch.uint8), 2)
     assert features.shape == (2, 2048) and logits.shape == (2, 1008)
+
+
+def test_compiled_step_is_timed_and_its_flops_counted_like_eager(capsys):
+    eager = run_bench(capsys, "--heads", "projection")["train"][0]
+    compiled = run_bench(capsys, "--heads", "projection", "train.compile=true")["train"][0]
+    assert compiled["compile"] is True and compiled["ms_per_it"] > 0
+    assert compiled["gflop_per_it"] == eager["gflop_per_it"]  # counted on the same arithmetic, not on fused kernels
+    assert compiled["first_it_s"] > compiled["ms_per_it"] / 1e3  # the first step pays for compilation
