@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# The GPU rows of BENCHMARKS.md in one go: the paper's CIFAR model, every training option, the eval path.
+#   bash scripts/bench_gpu.sh [EXTRA OVERRIDES OR BENCH FLAGS...]   (JSON files land in $OUT, else ./bench_out)
+# On a machine that has PyTorch but not this project's other dependencies and no network (the lent GPU
+# machines), carry them as wheels in .whl/ (how: BENCHMARKS.md, "Filling the GPU rows").
+# Exit status 1 if any configuration failed (the others still run).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-$PWD/bench_out}
+mkdir -p "$out"
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH} || exit 1
+fi
+# the config groups are the package `cgan_bench.conf` only once installed (importing from the repo is not enough)
+python3 -c "from importlib.resources import files; files('cgan_bench.conf')" 2>/dev/null \
+    || python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || exit 1
+python3 - <<'PY' || exit 1
+import importlib, sys
+missing = [m for m in ("hydra", "omegaconf", "torch_fidelity", "filelock", "tabulate", "yaml", "tqdm", "numpy",
+                       "pandas", "scipy", "sklearn", "PIL") if importlib.util.find_spec(m) is None]
+if missing:
+    sys.exit(f"missing Python packages: {', '.join(missing)} (carry them as wheels in .whl/, see BENCHMARKS.md)")
+import torch
+print("torch", torch.__version__, "cuda", torch.cuda.is_available())
+PY
+(nvidia-smi || true) > "$out/nvidia-smi.txt" 2>&1
+
+failed=0
+bench() {  # bench NAME ARGS...: one JSON file per configuration; a failure is recorded and the rest go on
+    local name=$1; shift
+    echo "== $name: $*"
+    if python3 -m cgan_bench.bench dataset=cifar10 "$@" --json >"$out/$name.json" 2>"$out/$name.err"; then
+        python3 - "$out/$name.json" <<'PY'
+import json, sys
+result = json.load(open(sys.argv[1]))
+for row in result["train"]:
+    print("  ", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+if "eval" in result:
+    print("   eval", {k: round(v, 2) if isinstance(v, float) else v for k, v in result["eval"].items()})
+PY
+    else
+        echo "   FAILED (see $name.err)"; failed=1
+    fi
+}
+# cheapest and newest first, so a time limit cuts the least useful rows
+bench fp32 --heads projection --baseline "$@"
+bench bf16 --heads projection train.precision=bf16 "$@"
+bench bf16_compile --heads projection train.precision=bf16 train.compile=true "$@"
+bench fp32_compile --heads projection train.compile=true "$@"
+bench fp32_contiguous --heads projection train.channels_last=false "$@"
+bench bf16_heads train.precision=bf16 --eval "$@"
+exit $failed
