@@ -100,7 +100,11 @@ class Trainer:
         self.G.to(memory_format=self.memory_format)
         self.D.to(memory_format=self.memory_format)
         # compiled views of the same modules (state dicts, checkpoints and sampling use the originals);
-        # static shapes: a run has two batch sizes (batch_g, batch_d), each gets its own specialised graph
+        # static shapes: a run has two batch sizes (batch_g, batch_d), each gets its own specialised graph.
+        # Sequential sweep jobs share a process: without a reset, each job's new modules count as
+        # recompilations until dynamo's limit silently falls back to eager.
+        if t.compile:
+            torch._dynamo.reset()
         self.G_fast = torch.compile(self.G, dynamic=False) if t.compile else self.G
         self.D_fast = torch.compile(self.D, dynamic=False) if t.compile else self.D
         fast = {"fused": True} if self.device.type == "cuda" else {}  # fused kernels on GPU; PyTorch default on CPU
