@@ -255,8 +255,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"device: {result['device']}, torch {result['torch']}, {result['method']}")
         print(f"config: {result['config']}\n")
         print(format_table(result["train"], ["head", "precision", "compile", "channels_last", "ms_per_it", "it_per_s",
-                                             "gflop_per_it", "tflop_per_s", "peak_fraction", "first_it_s", "baseline_ms_per_it",
-                                             "speedup_vs_baseline"]))
+                                             "gflop_per_it", "tflop_per_s", "peak_fraction", "first_it_s",
+                                             "baseline_ms_per_it", "speedup_vs_baseline"]))
         if "eval" in result:
             print()
             print(format_table([result["eval"]], list(result["eval"])))
