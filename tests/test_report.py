@@ -245,3 +245,13 @@ def test_swept_settings_other_than_head_and_seed_are_kept_apart():
     same = [{"run": "0", "overrides": "head=projection seed=0 train=smoke"},
             {"run": "1", "overrides": "head=concat seed=1 train=smoke"}]
     assert variants(same) == {"0": "", "1": ""}
+
+
+def test_protocol_names_the_training_precision(sweep):
+    """bf16 changes numbers, so the protocol says which precision trained the runs (read from their configs)."""
+    _, report_dir, _ = sweep
+    protocol = markdown_table((report_dir / "report.md").read_text(), "Protocol")
+    assert list(protocol["training precision"]) == ["fp32"]  # train=smoke inherits train=paper's fp32
+    assert set(pd.read_csv(report_dir / "runs.csv")["train_precision"]) == {"fp32"}
+    committed = Path(__file__).parents[1] / "reports" / "digits" / "report.md"  # train=quick: bf16
+    assert list(markdown_table(committed.read_text(), "Protocol")["training precision"]) == ["bf16"]

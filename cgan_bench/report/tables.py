@@ -168,6 +168,7 @@ def protocol_card(done: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
             "batch D/G": f"{_unique(g['batch_d'])}/{_unique(g['batch_g'])}",
             "Adam lr, betas": f"{_unique(g['lr'])}, ({_unique(g['beta1'])}, {_unique(g['beta2'])})",
             "G/D channels": f"{_unique(g['model_g_ch'])}/{_unique(g['model_d_ch'])}",
+            "training precision": _unique(g.get("train_precision", pd.Series(dtype=str))),
             "resolution": _unique(g["resolution"]), "seeds": ", ".join(str(s) for s in sorted(g["seed"].unique())),
             "device": _unique(g.get("device", pd.Series(dtype=str))),
             "software": _unique(g.get("software", pd.Series(dtype=str))),
