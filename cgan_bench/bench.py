@@ -6,7 +6,8 @@ device: warm-up excluded, device synchronised, median over repeats. FLOPs per it
 torch.utils.flop_counter. `--baseline` also times a straightforward eager implementation of the same networks
 (host-side batches, per-step .item(), requires_grad toggling, non-foreach Adam, default memory format) in the
 same process.
-Config overrides use Hydra syntax, e.g. `model=sngan train.n_dis=5 train.precision=bf16`.
+Config overrides use Hydra syntax, e.g. `model=sngan train.n_dis=5 train.precision=bf16`. Rows report the
+resolved precision (`train.precision=auto` -> fp32 or bf16 for this device) and the configured one.
 """
 import argparse
 import copy
@@ -28,7 +29,8 @@ from .train.samples import to_uint8
 
 # Dense peak TFLOP/s by (device-name fragment, dtype), from the vendors' data sheets (SXM parts).
 PEAK_TFLOPS = {("H100", "bf16"): 989.0, ("H100", "fp32"): 67.0, ("H200", "bf16"): 989.0, ("H200", "fp32"): 67.0,
-               ("A100", "bf16"): 312.0, ("A100", "fp32"): 19.5}
+               ("A100", "bf16"): 312.0, ("A100", "fp32"): 19.5,
+               ("H100", "tf32"): 494.5, ("H200", "tf32"): 494.5, ("A100", "tf32"): 156.0}
 
 
 def synchronize(device: torch.device) -> None:
@@ -143,10 +145,11 @@ def bench_head(cfg, device, args, run_dir) -> dict:
     first_s = time.perf_counter() - t0
     flops = count_step_flops(trainer)
     sec = time_call(trainer.step, device, args.warmup, args.repeats)
-    row = {"head": head, "precision": t.precision, "compile": bool(t.compile), "channels_last": bool(t.channels_last),
+    row = {"head": head, "precision": trainer.precision, "precision_config": t.precision, "compile": bool(t.compile),
+           "channels_last": bool(t.channels_last),
            "ms_per_it": 1e3 * sec, "it_per_s": 1.0 / sec, "gflop_per_it": flops / 1e9,
            "tflop_per_s": flops / sec / 1e12, "first_it_s": first_s}
-    peak = peak_tflops(device, t.precision)
+    peak = peak_tflops(device, trainer.precision)
     row["peak_fraction"] = None if peak is None else row["tflop_per_s"] / peak
     if args.baseline:
         base = BaselineStep(trainer)

@@ -51,7 +51,8 @@ def validate(cfg: DictConfig) -> None:
     _check(_is_int(t.lr_decay_start) and 0 <= t.lr_decay_start, "train.lr_decay_start", t.lr_decay_start,
            "an integer >= 0 (the iteration where linear decay to 0 begins)")
     _check(t.loss in LOSSES, "train.loss", t.loss, f"one of {', '.join(LOSSES)}")
-    _check(t.precision in ("fp32", "bf16"), "train.precision", t.precision, "fp32 or bf16")
+    _check(t.precision in ("auto", "fp32", "bf16", "tf32"), "train.precision", t.precision,
+           "auto, fp32, bf16 or tf32")
     for key in ("compile", "channels_last"):
         _check(isinstance(t[key], bool), f"train.{key}", t[key], "true or false")
     _check(_is_num(t.max_abs_logit) and t.max_abs_logit > 0, "train.max_abs_logit", t.max_abs_logit, "a number > 0")

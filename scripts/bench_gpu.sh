@@ -44,10 +44,11 @@ PY
     fi
 }
 # cheapest and newest first, so a time limit cuts the least useful rows
-bench fp32 --heads projection --baseline "$@"
+bench fp32 --heads projection train.precision=fp32 --baseline "$@"
+bench tf32 --heads projection train.precision=tf32 "$@"
 bench bf16 --heads projection train.precision=bf16 "$@"
 bench bf16_compile --heads projection train.precision=bf16 train.compile=true "$@"
-bench fp32_compile --heads projection train.compile=true "$@"
-bench fp32_contiguous --heads projection train.channels_last=false "$@"
+bench fp32_compile --heads projection train.precision=fp32 train.compile=true "$@"
+bench fp32_contiguous --heads projection train.precision=fp32 train.channels_last=false "$@"
 bench bf16_heads train.precision=bf16 --eval "$@"
 exit $failed

@@ -3,8 +3,10 @@
 `inception`: torch-fidelity's TF-compatible InceptionV3 ('2048' pool features, 'logits_unbiased' for IS),
   the paper's space. Class accuracy uses a linear probe fit on real features (cached with them).
 `classifier`: the harness's own domain classifier (penultimate features, its logits for IS and accuracy).
+`digit_channels`: stacked digits: the digits' domain classifier applied to each RGB channel; the three feature
+  vectors concatenated (so FID sees every channel), the red channel's logits for IS and class accuracy, and
+  the per-channel digits for the exact mode counts (metrics/modes.py).
 """
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,6 +16,7 @@ from filelock import FileLock
 from torch import nn
 
 from ..data import ImageData
+from ..train.precision import fp32_math
 from .classifier import load_or_train_classifier
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -50,16 +53,9 @@ def inception_weights_path(configured: str | None) -> Path:
     return path
 
 
-@contextlib.contextmanager
 def exact_float32():
     """Metrics are computed with TF32 off, so numbers do not depend on the GPU generation."""
-    conv, matmul = torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
-    torch.backends.cudnn.conv.fp32_precision = "ieee"
-    torch.backends.cuda.matmul.fp32_precision = "ieee"
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = conv, matmul
+    return fp32_math("ieee")
 
 
 @dataclass

@@ -18,6 +18,7 @@ from ..heads import build_head, head_params
 from ..models import Discriminator, Generator, trunk_depth
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .losses import LOSSES
+from .precision import fp32_math, fp32_math_mode, resolve_precision
 from .run_dir import RunDir
 from .samples import class_grid, save_png
 
@@ -31,6 +32,7 @@ class ResumeConfigMismatch(ValueError):
 
 
 # Keys that may change between a run and its resumption: budgets, logging cadence, where things go.
+# train.precision is not one of them: the configured value (e.g. `auto`) must match to resume.
 RESUME_FREE_KEYS = {"resume", "device", "wandb", "sweep_name", "report_dir", "train.iterations", "train.log_every",
                     "train.sample_every", "train.checkpoint_every", "eval.batch_size", "eval.cache_dir",
                     "eval.inception_weights", "dataset.root", "dataset.download"}
@@ -95,6 +97,7 @@ class Trainer:
     def __post_init__(self):
         torch.manual_seed(self.cfg.seed)
         t = self.cfg.train
+        self.precision = resolve_precision(t.precision, self.device)  # fp32 | bf16 | tf32 (auto resolved here)
         self.G, self.D = build_models(self.cfg, self.data.n_classes, self.device)
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.G.to(memory_format=self.memory_format)
@@ -159,11 +162,16 @@ class Trainer:
         return z, y
 
     def autocast(self):
-        """bf16 autocast for the networks when train.precision=bf16 (losses and logits stay fp32)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16")
+        """bf16 autocast for the networks when the resolved precision is bf16 (losses and logits stay fp32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def step(self) -> dict[str, torch.Tensor]:
-        """One G update then n_dis D updates; returns device tensors (no host sync here)."""
+        """One G update then n_dis D updates; returns device tensors (no host sync here). fp32 math is IEEE
+        (TF32 only for precision tf32) inside the step; the global settings are restored after it."""
+        with fp32_math(fp32_math_mode(self.precision)):
+            return self._step()
+
+    def _step(self) -> dict[str, torch.Tensor]:
         t, head, G, D = self.cfg.train, self.D.head, self.G_fast, self.D_fast
         z, y_fake = self.fake_batch(t.batch_g)
         with self.autocast():
@@ -203,7 +211,7 @@ class Trainer:
         if start_it is not None and self.iteration > start_it:
             rate = (self.iteration - start_it) / max(time.perf_counter() - t0, 1e-9)
         self.run.write_status(state, self.iteration, self.cfg.train.iterations, self.wall_s,
-                              None if rate is None else round(rate, 3), reason)
+                              None if rate is None else round(rate, 3), reason, train_precision=self.precision)
 
     def fit(self) -> None:
         """Train until `train.iterations`; SIGTERM/SIGUSR1 (Slurm, submitit) checkpoint and stop cleanly."""

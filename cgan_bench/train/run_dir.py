@@ -38,8 +38,11 @@ class RunDir:
         return self.path / "samples"
 
     def write_status(self, state: str, iteration: int, total: int, wall_s: float, it_per_s: float | None,
-                     reason: str = "", **extra) -> None:
+                     reason: str = "", train_precision: str | None = None, **extra) -> None:
+        """`train_precision`: the resolved train.precision (fp32/bf16/tf32) once a Trainer has chosen it."""
         assert state in STATES, state
+        if train_precision is not None:
+            extra["train_precision"] = train_precision
         atomic_write_json(self.status_file, {
             "state": state, "iteration": iteration, "total_iterations": total, "reason": reason,
             "wall_s": round(wall_s, 3), "it_per_s": it_per_s, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
