@@ -15,20 +15,23 @@ import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .config import ConfigError, check_against_data, check_group_overrides, validate
 from .data import DataMissingError, load_dataset
 from .heads import UnknownHeadError
+from .io import atomic_write_text
 from .metrics.feature_space import WeightsMissingError, make_feature_space
 from .tracking import WandbTracker, resolve_mode
 from .train.loop import Diverged, Preempted, ResumeConfigMismatch, Trainer
 from .train.run_dir import RunDir
+from .train.run_lock import RunDirBusy, RunDirLock
 from .train.samples import morph_grid, save_png
 
 log = logging.getLogger("cgan_bench")
 CONF_DIR = str(files("cgan_bench.conf"))
-USER_ERRORS = (ConfigError, DataMissingError, WeightsMissingError, UnknownHeadError, ResumeConfigMismatch)
+USER_ERRORS = (ConfigError, DataMissingError, WeightsMissingError, UnknownHeadError, ResumeConfigMismatch,
+               RunDirBusy)
 
 
 def resolve_device(name: str, job_num: int = 0) -> torch.device:
@@ -49,9 +52,33 @@ def start_over(run: RunDir) -> None:
         f.unlink(missing_ok=True)
 
 
-def run_job(cfg: DictConfig, run_dir: Path, group: str = "single", job_num: int = 0) -> dict | None:
+def run_job(cfg: DictConfig, run_dir: Path, group: str = "single", job_num: int = 0,
+            hydra_files: dict[str, str] | None = None) -> dict | None:
     """Run (or resume, or skip if finished) one training job in `run_dir`; returns the final metrics.
-    `group` names the sweep for W&B."""
+    `group` names the sweep for W&B. The job holds the run directory's lock (train/run_lock.py) from before it
+    reads anything there until it ends; if another job holds it, RunDirBusy is raised and nothing is written.
+    `hydra_files` (path relative to run_dir -> text) is what Hydra wrote there for this job: rewritten before the
+    lock is released if a refused job's Hydra overwrote it meanwhile."""
+    with RunDirLock(run_dir):
+        try:
+            return _run_job_locked(cfg, run_dir, group, job_num)
+        finally:
+            restore_files(Path(run_dir), hydra_files or {})
+
+
+def restore_files(run_dir: Path, files_: dict[str, str]) -> None:
+    """Rewrite each file under run_dir whose text differs (best effort: never masks the job's own outcome)."""
+    for name, text in files_.items():
+        path = run_dir / name
+        try:
+            if not path.exists() or path.read_text() != text:
+                atomic_write_text(path, text)
+                log.info("restored %s (overwritten by a job refused for this run directory)", path)
+        except OSError as err:
+            log.warning("could not restore %s: %s", path, err)
+
+
+def _run_job_locked(cfg: DictConfig, run_dir: Path, group: str, job_num: int) -> dict | None:
     run = RunDir(run_dir)
     previous = run.read_status()
     if cfg.resume and previous and previous["state"] == "completed" \
@@ -122,12 +149,18 @@ def main(cfg: DictConfig) -> float | None:
     multirun = hc.mode == RunMode.MULTIRUN
     group = Path(hc.sweep.dir).name if multirun else Path(hc.runtime.output_dir).name
     job_num = hc.job.num if multirun else 0
+    hydra_files = {}
+    if hc.output_subdir is not None:  # what Hydra just wrote to the run directory (hydra.core.utils.run_job)
+        sub = Path(hc.output_subdir)
+        hydra_files = {str(sub / "config.yaml"): OmegaConf.to_yaml(cfg),
+                       str(sub / "hydra.yaml"): OmegaConf.to_yaml(HydraConfig.instance().cfg),
+                       str(sub / "overrides.yaml"): OmegaConf.to_yaml(hc.overrides.task)}
     try:
-        final = run_job(cfg, Path(hc.runtime.output_dir), group, job_num)
+        final = run_job(cfg, Path(hc.runtime.output_dir), group, job_num, hydra_files)
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         if multirun:
-            return None  # recorded as failed in the run directory; the sweep goes on
+            return None  # recorded as failed in the run directory (busy: left to its holder); the sweep goes on
         sys.exit(2)
     except Preempted as p:
         print(f"{p}: checkpoint written, status 'preempted'; rerun the same command to resume", file=sys.stderr)
