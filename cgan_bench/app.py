@@ -110,7 +110,8 @@ def _run_job_locked(cfg: DictConfig, run_dir: Path, group: str, job_num: int) ->
             log.info("resuming %s at iteration %d", run_dir, trainer.iteration)
         if resolve_mode(cfg.wandb.mode) != "disabled":
             tracker = trainer.tracker = WandbTracker(cfg, run.path, group=group, job_type=cfg.head.name)
-        trainer.evaluator = Evaluator(e, space, real.to(device), run, device, cfg.model.z_dim, cfg.seed, tracker)
+        trainer.evaluator = Evaluator(e, space, real.to(device), run, device, cfg.model.z_dim, cfg.seed, tracker,
+                                      held_out=test_data.to(device))
         trainer.fit()
         final = trainer.evaluator.evaluate(trainer.G, trainer.iteration, "final")
         trainer.save_samples("final")

@@ -58,8 +58,10 @@ def validate(cfg: DictConfig) -> None:
     _check(_is_num(t.max_abs_logit) and t.max_abs_logit > 0, "train.max_abs_logit", t.max_abs_logit, "a number > 0")
 
     e = cfg.eval
-    _check(e.feature_space in ("inception", "classifier"), "eval.feature_space", e.feature_space,
-           "inception or classifier")
+    _check(e.feature_space in ("inception", "classifier", "digit_channels"), "eval.feature_space", e.feature_space,
+           "inception, classifier or digit_channels")
+    _check(e.feature_space != "digit_channels" or d.name == "stacked_digits", "eval.feature_space", e.feature_space,
+           "digit_channels reads one digit per RGB channel: only with dataset=stacked_digits")
     _check(e.real_split in ("train", "test"), "eval.real_split", e.real_split, "train or test")
     for key in ("n_fake", "n_generated", "curve_generated", "kid_subset_size", "batch_size", "prc_neighborhood",
                 "coverage_k", "classifier_epochs"):
@@ -71,8 +73,10 @@ def validate(cfg: DictConfig) -> None:
     _check(_is_int(e.diversity_pairs_max) and e.diversity_pairs_max >= 2, "eval.diversity_pairs_max",
            e.diversity_pairs_max, "an integer >= 2")
     _check(_is_int(e.every) and e.every >= 0, "eval.every", e.every, "an integer >= 0 (0 = final evaluation only)")
-    _check(_is_num(e.collapse_threshold) and e.collapse_threshold >= 0, "eval.collapse_threshold",
-           e.collapse_threshold, "a number >= 0")
+    _check(_is_num(e.collapse_threshold) and 0 <= e.collapse_threshold <= 1, "eval.collapse_threshold",
+           e.collapse_threshold, "a share between 0 and 1")
+    _check(_is_num(e.mode_collapse_fraction) and 0 <= e.mode_collapse_fraction <= 1, "eval.mode_collapse_fraction",
+           e.mode_collapse_fraction, "a fraction between 0 and 1")
 
 
 def _check_head_params(cfg: DictConfig) -> None:

@@ -34,7 +34,7 @@ def check_run_dir(run_dir, iterations=2):
 
 def test_multirun_of_every_head_writes_the_contract(tmp_path):
     heads = ",".join(sorted(HEADS))
-    r = run_cli("-m", f"head={heads}", *SMOKE, f"hydra.sweep.dir={tmp_path}")
+    r = run_cli("-m", f"head={heads}", *SMOKE, f"hydra.sweep.dir={tmp_path}", f"report_dir={tmp_path / 'reports'}")
     assert r.returncode == 0, r.stderr[-3000:]
     run_dirs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and (p / ".hydra").exists())
     assert len(run_dirs) == len(HEADS)
@@ -80,9 +80,11 @@ def test_resume_continues_at_the_saved_iteration(tmp_path):
 
 
 DESIGN_METRICS = ["is_mean", "is_std", "fid", "kid_mean", "kid_std", "precision", "recall", "intra_fid_mean",
-                  "diversity_ratio_mean", "coverage_mean", "class_accuracy", "collapsed_classes"]
+                  "diversity_ratio_mean", "class_accuracy", "collapsed_classes", "kid_sem", "density", "coverage",
+                  "class_coverage_mean", "near_duplicate_rate_mean", "floor_fid", "floor_intra_fid_mean",
+                  "floor_kid_mean"]
 PROTOCOL_FIELDS = ["feature_space", "n_fake", "n_real", "real_split", "isc_splits"]
-PER_CLASS_COLUMNS = ["class", "intra_fid", "diversity_ratio", "coverage", "accuracy"]
+PER_CLASS_COLUMNS = ["class", "intra_fid", "diversity_ratio", "near_duplicate_rate", "class_coverage", "accuracy"]
 
 
 def test_curve_and_final_lines_carry_every_metric_and_protocol_field(tmp_path):

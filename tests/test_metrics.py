@@ -93,6 +93,13 @@ def np_coverage(real, fake, k):
     return float((cdist(real, fake) < r_real[:, None]).any(axis=1).mean())
 
 
+def np_density(real, fake, k):
+    """Naeem et al. 2020, eq. (3): mean over fakes of the number of real k-NN balls holding it, over k."""
+    real, fake = np.asarray(real, np.float64), np.asarray(fake, np.float64)
+    r_real = np_knn_radius(real, k)
+    return float((cdist(real, fake) < r_real[:, None]).sum() / (k * len(fake)))
+
+
 def gaussian(rs, n, d, mean=0.0, scale=1.0):
     mix = rs.randn(d, d) * scale
     return (rs.randn(n, d) @ mix + mean).astype(np.float32)
@@ -211,6 +218,33 @@ def test_coverage_matches_brute_force(k):
     assert got == pytest.approx(want, abs=SHARE_TOL)
 
 
+def test_density_and_coverage_match_brute_force_across_row_blocks():
+    """2500 reals: more than one 2048-row block of the package's distance computation."""
+    rs = np.random.RandomState(11)
+    real = rs.randn(2500, 4)
+    fake = rs.randn(1500, 4) * 0.7 + 0.5
+    density, cover = compute.density_coverage(torch.from_numpy(real), torch.from_numpy(fake), 5)
+    want_density, want_cover = np_density(real, fake, 5), np_coverage(real, fake, 5)
+    assert 0.05 < want_cover < 0.95 and want_density > 0.1
+    assert density == pytest.approx(want_density, rel=1e-9)
+    assert cover == pytest.approx(want_cover, abs=SHARE_TOL)
+    # identical sets: every real covers itself; density near 1 (each point sits in about k balls)
+    same_density, same_cover = compute.density_coverage(torch.from_numpy(real), torch.from_numpy(real.copy()), 5)
+    assert same_cover == 1.0 and 0.8 < same_density < 1.2
+
+
+def test_near_duplicate_rate_is_calibrated_on_real_spread():
+    rs = np.random.RandomState(12)
+    real = torch.from_numpy(rs.randn(200, 6))
+    other_real = torch.from_numpy(rs.randn(200, 6))
+    assert compute.near_duplicate_rate(other_real, real) < 0.2  # fresh data from the same law: about 0.05
+    for k in (1, 2, 3, 5, 10):  # k distinct samples repeated to 200: every sample has a twin at distance 0
+        repeated = other_real[torch.arange(200) % k]
+        assert compute.near_duplicate_rate(repeated, real) == 1.0
+    shrunk = other_real * 0.1  # much less spread than the data: near-duplicates everywhere
+    assert compute.near_duplicate_rate(shrunk, real) > 0.9
+
+
 def test_ball_boundaries_precision_inclusive_coverage_strict():
     """Reals on a line at 0, 4, 8: every 1-NN radius is exactly 4. A fake at 12 sits exactly on real 8's ball:
     inside for precision (<=), outside for coverage (<), as in the brute-force definitions."""
@@ -268,14 +302,14 @@ def test_per_class_real_vs_itself(class_data):
         scale = float(np.trace(np.cov(cls, rowvar=False)))
         assert abs(row["intra_fid"]) < 1e-6 * scale
         assert row["diversity_ratio"] == pytest.approx(1.0, abs=1e-12)  # same rows picked from identical sets
-        assert row["coverage"] == 1.0
+        assert row["class_coverage"] == 1.0
         assert row["accuracy"] == 1.0
-        assert row["collapsed"] is False
+        assert row["collapsed"] is False and row["near_duplicate_rate"] < 0.1  # real data: about 0.05
         assert row["n_generated"] == row["n_real"] == PER_CLASS
     summary = compute.summarize_per_class(rows)
     assert summary["collapsed_classes"] == 0
     assert summary["diversity_ratio_mean"] == pytest.approx(1.0, abs=1e-12)
-    assert summary["coverage_mean"] == 1.0
+    assert summary["class_coverage_mean"] == 1.0
 
 
 def test_per_class_intra_fid_between_different_classes_is_large(class_data):
@@ -294,9 +328,9 @@ def test_per_class_intra_fid_between_different_classes_is_large(class_data):
     assert rows[0]["intra_fid"] > 10 * self_fid + 100
     assert rows[2]["intra_fid"] < 1e-6 * float(np.trace(np.cov(feats[labels == 2].double().numpy(), rowvar=False)))
     # the two far-apart classes barely cover each other's reals (m = 200: the subsample is the whole class)
-    assert rows[0]["coverage"] == pytest.approx(np_coverage(c0, c1, 5), abs=SHARE_TOL)
-    assert rows[1]["coverage"] == pytest.approx(np_coverage(c1, c0, 5), abs=SHARE_TOL)
-    assert rows[0]["coverage"] < 0.05 and rows[1]["coverage"] < 0.05
+    assert rows[0]["class_coverage"] == pytest.approx(np_coverage(c0, c1, 5), abs=SHARE_TOL)
+    assert rows[1]["class_coverage"] == pytest.approx(np_coverage(c1, c0, 5), abs=SHARE_TOL)
+    assert rows[0]["class_coverage"] < 0.05 and rows[1]["class_coverage"] < 0.05
 
 
 def test_per_class_one_image_per_class_generator_is_collapsed(class_data):
@@ -324,7 +358,8 @@ def test_per_class_one_image_per_class_generator_is_collapsed(class_data):
         m = min(n_gen, PER_CLASS)
         idx = np.round(np.linspace(0, PER_CLASS - 1, m)).astype(int)
         want_cov = np_coverage(r[idx], np.repeat(v[None], m, axis=0), 5)
-        assert row["coverage"] == pytest.approx(want_cov, abs=SHARE_TOL)
+        assert row["class_coverage"] == pytest.approx(want_cov, abs=SHARE_TOL)
+        assert row["near_duplicate_rate"] == 1.0
     assert compute.summarize_per_class(rows)["collapsed_classes"] == N_CLASSES
 
 

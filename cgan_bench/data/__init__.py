@@ -1,11 +1,12 @@
 """Datasets -> ImageData (uint8 images + labels). Add a dataset: a loader function here and conf/dataset/NAME.yaml."""
 from functools import partial
 
-from . import cifar, digits, imagefolder
+from . import cifar, digits, imagefolder, stacked_digits
 from .dataset import DataMissingError, ImageData, data_root
 
 LOADERS = {
     "digits": digits.load,
+    "stacked_digits": stacked_digits.load,
     "cifar10": partial(cifar.load, "cifar10"),
     "cifar100": partial(cifar.load, "cifar100"),
     "imagefolder": imagefolder.load,

@@ -1,5 +1,6 @@
-"""Metric math on features: torch-fidelity's functions for IS/FID/KID/precision-recall, plus the per-class
-statistics the paper's claim is about (intra-FID, diversity ratio, coverage, class accuracy).
+"""Metric math on features: torch-fidelity's functions for IS/FID/KID/precision-recall, Naeem et al.'s
+density/coverage, the per-class statistics the paper's claim is about (intra-FID, diversity ratio,
+near-duplicate rate and collapse, within-class coverage, class accuracy), and the real-vs-real noise floor.
 
 Everything here takes features already extracted (CPU tensors), so one feature pass feeds every metric.
 """
@@ -39,9 +40,43 @@ def precision_recall(fake: torch.Tensor, real: torch.Tensor, k: int) -> tuple[fl
 
 def coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> float:
     """Naeem et al. 2020: share of real samples whose k-NN ball (among reals) contains at least one fake."""
-    radius = calc_cdist_full(real, real).kthvalue(k + 1, dim=1).values  # +1: the sample itself is at 0
-    nearest_fake = calc_cdist_full(real, fake).min(dim=1).values
-    return (nearest_fake < radius).float().mean().item()
+    return density_coverage(real, fake, k)[1]
+
+
+def _row_blocks(n: int, block: int = 2048):
+    return (slice(i, min(i + block, n)) for i in range(0, n, block))
+
+
+def density_coverage(real: torch.Tensor, fake: torch.Tensor, k: int = 5) -> tuple[float, float]:
+    """Naeem et al. 2020 (ICML), "Reliable fidelity and diversity metrics": with B_i the ball around real
+    sample i reaching its k-th nearest real neighbour, density = mean over fakes of (number of balls holding
+    the fake) / k, coverage = share of balls holding at least one fake (strict <, as in their code).
+    Distances are computed in row blocks, so 10k x 10k sets need no 10k x 10k matrix at once."""
+    fake = fake.to(real.dtype)
+    radius = torch.cat([calc_cdist_full(real[b], real).kthvalue(k + 1, dim=1).values  # +1: the sample itself
+                        for b in _row_blocks(len(real))])
+    balls_per_fake = torch.zeros(len(fake), dtype=torch.float64)
+    covered = torch.zeros(len(real), dtype=torch.bool)
+    for b in _row_blocks(len(real)):
+        inside = calc_cdist_full(real[b], fake) < radius[b, None]  # (block of reals, fakes)
+        balls_per_fake += inside.sum(dim=0)
+        covered[b] = inside.any(dim=1)
+    return (balls_per_fake.sum() / (k * len(fake))).item(), covered.float().mean().item()
+
+
+def nearest_neighbour_distances(features: torch.Tensor) -> torch.Tensor:
+    """Distance of every sample to its nearest other sample of the same set."""
+    d = torch.cdist(features.double(), features.double())
+    d.fill_diagonal_(float("inf"))
+    return d.min(dim=1).values
+
+
+def near_duplicate_rate(gen: torch.Tensor, real: torch.Tensor, quantile: float = 0.05) -> float:
+    """Share of generated samples whose nearest generated neighbour is closer than the `quantile` of the real
+    samples' own nearest-neighbour distances (same number of samples on both sides). Calibrated on the data:
+    real samples score about `quantile`; k distinct images repeated score 1 (their neighbours are at 0)."""
+    threshold = torch.quantile(nearest_neighbour_distances(real), quantile)
+    return (nearest_neighbour_distances(gen) <= threshold).double().mean().item()
 
 
 def mean_pairwise_distance(features: torch.Tensor) -> float:
@@ -57,7 +92,9 @@ def per_class_metrics(gen_feats: torch.Tensor, gen_logits: torch.Tensor, gen_lab
                       real_feats: torch.Tensor, real_labels: torch.Tensor, n_classes: int, *,
                       coverage_k: int = 5, pairs_max: int = 1000, collapse_threshold: float = 0.5) -> list[dict]:
     """One row per class: intra-FID (all real of the class vs generated of the class), diversity ratio,
-    coverage and accuracy (argmax of the feature space's classifier logits)."""
+    near-duplicate rate (a class is `collapsed` when it exceeds `collapse_threshold`), within-class coverage
+    (Naeem et al.'s coverage restricted to one class, on m = min(n_gen, n_real, pairs_max) evenly spaced
+    samples of each side) and accuracy (argmax of the feature space's classifier logits)."""
     rows = []
     predicted = gen_logits.argmax(dim=1)
     for c in range(n_classes):
@@ -67,33 +104,66 @@ def per_class_metrics(gen_feats: torch.Tensor, gen_logits: torch.Tensor, gen_lab
             raise ValueError(f"class {c} has {len(g)} generated and {len(r)} real samples; need at least 2 of each")
         g_sub, r_sub = g[evenly_spaced(len(g), m)], r[evenly_spaced(len(r), m)]
         ratio = mean_pairwise_distance(g_sub) / max(mean_pairwise_distance(r_sub), 1e-12)
+        duplicates = near_duplicate_rate(g_sub, r_sub)
         rows.append({
             "class": c,
             "intra_fid": fid(g, r),
             "diversity_ratio": ratio,
-            "coverage": coverage(r_sub, g_sub, min(coverage_k, m - 1)),
+            "near_duplicate_rate": duplicates,
+            "class_coverage": coverage(r_sub, g_sub, min(coverage_k, m - 1)),
             "accuracy": (predicted[gen_labels == c] == c).float().mean().item(),
-            "collapsed": bool(ratio < collapse_threshold),
+            "collapsed": bool(duplicates > collapse_threshold),
             "n_generated": len(g),
             "n_real": len(r),
         })
     return rows
 
 
+KID_SUBSETS = 100
+
+
 def overall_metrics(fid_fake: torch.Tensor, real: torch.Tensor, all_logits: torch.Tensor, *, isc_splits: int,
-                    kid_subset_size: int, prc_k: int) -> dict:
-    """Distribution-level metrics: FID/KID/precision/recall on (fid_fake, real), IS on all generated logits."""
+                    kid_subset_size: int, prc_k: int, coverage_k: int = 5) -> dict:
+    """Distribution-level metrics: FID/KID/precision/recall/density/coverage on (fid_fake, real), IS on all
+    generated logits. KID in torch-fidelity's raw units: `kid_std` is the spread of the 100 subset values,
+    `kid_sem` that spread / sqrt(100), the standard error of their mean (subsets overlap, so it understates
+    the sampling noise: the real-vs-real noise floor is the better yardstick)."""
     is_mean, is_std = inception_score(all_logits, isc_splits)
-    kid_mean, kid_std = kid(fid_fake, real, kid_subset_size)
+    kid_mean, kid_std = kid(fid_fake, real, kid_subset_size, KID_SUBSETS)
     precision, recall = precision_recall(fid_fake, real, prc_k)
+    density, cover = density_coverage(real, fid_fake, coverage_k)
     return {"is_mean": is_mean, "is_std": is_std, "fid": fid(fid_fake, real), "kid_mean": kid_mean,
-            "kid_std": kid_std, "precision": precision, "recall": recall}
+            "kid_std": kid_std, "kid_sem": kid_std / KID_SUBSETS ** 0.5,
+            "kid_subset_size": min(kid_subset_size, len(fid_fake), len(real)), "precision": precision,
+            "recall": recall, "density": density, "coverage": cover}
+
+
+def noise_floor(features: torch.Tensor, labels: torch.Tensor, n_classes: int, n_real: int, n_fake: int,
+                kid_subset_size: int, seed: int = 2021) -> dict:
+    """Real vs real: the same metrics between two disjoint random halves of the real split, sized like the
+    protocol (n_real vs n_fake) where the split has enough images, else halved. No generator can be told
+    apart from the data by less than this. Intra-FID: the same per class, averaged."""
+    order = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))
+    size_a, size_b = (n_real, n_fake) if n_real + n_fake <= len(features) else \
+        (len(features) // 2, len(features) - len(features) // 2)
+    a, b = order[:size_a], order[size_a:size_a + size_b]
+    kid_mean, kid_std = kid(features[b], features[a], kid_subset_size, KID_SUBSETS)
+    intra = []
+    for c in range(n_classes):
+        idx = order[labels[order] == c]
+        half = len(idx) // 2
+        if half >= 2:
+            intra.append(fid(features[idx[half:]], features[idx[:half]]))
+    return {"floor_fid": fid(features[b], features[a]), "floor_kid_mean": kid_mean,
+            "floor_kid_sem": kid_std / KID_SUBSETS ** 0.5, "floor_intra_fid_mean": float(np.mean(intra)),
+            "floor_n_a": len(a), "floor_n_b": len(b)}
 
 
 def summarize_per_class(rows: list[dict]) -> dict:
     return {
         "intra_fid_mean": float(np.mean([r["intra_fid"] for r in rows])),
         "diversity_ratio_mean": float(np.mean([r["diversity_ratio"] for r in rows])),
-        "coverage_mean": float(np.mean([r["coverage"] for r in rows])),
+        "near_duplicate_rate_mean": float(np.mean([r["near_duplicate_rate"] for r in rows])),
+        "class_coverage_mean": float(np.mean([r["class_coverage"] for r in rows])),
         "collapsed_classes": int(sum(r["collapsed"] for r in rows)),
     }

@@ -12,7 +12,8 @@ from ..train.run_dir import RunDir
 from ..train.samples import to_uint8
 from .compute import evenly_spaced, overall_metrics, per_class_metrics, summarize_per_class
 from .feature_space import FeatureSpace
-from .reference import load_or_compute_reference
+from .modes import balanced_subset, mode_metrics
+from .reference import load_or_compute_noise_floor, load_or_compute_reference
 
 SOFTWARE = f"cgan-bench {__version__}, torch {torch.__version__}, torch-fidelity {torch_fidelity.__version__}"
 EVAL_NOISE_OFFSET = 7919  # evaluation noise seed = run seed + this, independent of the training RNG
@@ -20,7 +21,9 @@ EVAL_NOISE_OFFSET = 7919  # evaluation noise seed = run seed + this, independent
 
 class Evaluator:
     def __init__(self, eval_cfg, space: FeatureSpace, real: ImageData, run: RunDir, device, z_dim: int, seed: int,
-                 tracker=None):
+                 tracker=None, held_out: ImageData | None = None):
+        """`held_out`: real images never trained on; where the space counts modes (stacked digits), they give
+        the real ceiling of the mode metrics, drawn in the same number per class as the generated ones."""
         self.cfg, self.space, self.run, self.device, self.z_dim, self.seed = eval_cfg, space, run, device, z_dim, seed
         self.tracker = tracker
         self.every = int(eval_cfg.every)
@@ -32,7 +35,25 @@ class Evaluator:
         subset = torch.randperm(len(real), generator=torch.Generator().manual_seed(2020))[:n_real]
         self.fid_real = self.real_features[subset]
         self.probe = ref.get("probe")
+        n_fake = min(eval_cfg.n_fake, self.balanced_count(eval_cfg.n_generated))
+        self.floor = load_or_compute_noise_floor(space, real, ref, len(self.fid_real), n_fake,
+                                                 eval_cfg.kid_subset_size, eval_cfg.get("cache_dir"))
+        self.held_out, self._ceiling = held_out, {}
 
+    def balanced_count(self, n: int) -> int:
+        """How many images a class-balanced generation of (about) n makes."""
+        return max(2, n // self.n_classes) * self.n_classes
+
+    def real_mode_digits(self, per_class: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Channel digits of `per_class` held-out real images per class (the ceiling; computed once per size)."""
+        if per_class not in self._ceiling:
+            if self.held_out is None:
+                raise ValueError("mode metrics need held-out real images (the dataset's test split)")
+            idx = balanced_subset(self.held_out.labels, self.n_classes, per_class).to(self.held_out.labels.device)
+            feats, _ = self.space.extract(self.held_out.images[idx], self.cfg.batch_size)
+            self._ceiling[per_class] = (self.space.channel_digits(feats.to(self.device)).cpu(),
+                                        self.held_out.labels[idx].cpu())
+        return self._ceiling[per_class]
     def class_logits(self, features: torch.Tensor) -> torch.Tensor:
         if self.space.classify is not None:
             with torch.no_grad():
@@ -63,13 +84,23 @@ class Evaluator:
         fid_fake = feats[evenly_spaced(len(feats), min(self.cfg.n_fake, len(feats)))]  # class-balanced subset
         record = {"iteration": iteration, "phase": phase}
         record.update(overall_metrics(fid_fake, self.fid_real, logits, isc_splits=self.cfg.isc_splits,
-                                      kid_subset_size=self.cfg.kid_subset_size, prc_k=self.cfg.prc_neighborhood))
+                                      kid_subset_size=self.cfg.kid_subset_size, prc_k=self.cfg.prc_neighborhood,
+                                      coverage_k=self.cfg.coverage_k))
         class_logits = self.class_logits(feats)
         rows = per_class_metrics(feats, class_logits, labels, self.real_features, self.real_labels, self.n_classes,
                                  coverage_k=self.cfg.coverage_k, pairs_max=self.cfg.diversity_pairs_max,
                                  collapse_threshold=self.cfg.collapse_threshold)
         record.update(summarize_per_class(rows))
         record["class_accuracy"] = (class_logits.argmax(1) == labels).float().mean().item()
+        if self.space.channel_digits is not None:  # stacked digits: exact mode counts beside the real ceiling
+            real_digits, real_labels = self.real_mode_digits(len(labels) // self.n_classes)
+            modes, mode_rows = mode_metrics(self.space.channel_digits(feats.to(self.device)).cpu(), labels,
+                                            real_digits, real_labels, self.n_classes,
+                                            self.cfg.mode_collapse_fraction)
+            record.update(modes)
+            for row, mode_row in zip(rows, mode_rows):
+                row.update({k: v for k, v in mode_row.items() if k != "class"})
+        record.update(self.floor)
         record.update({"feature_space": self.space.name, "n_fake": len(fid_fake), "n_real": len(self.fid_real),
                        "n_generated": len(feats), "real_split": self.real_split, "isc_splits": self.cfg.isc_splits,
                        "classifier_test_accuracy": self.space.classifier_test_accuracy,

@@ -65,6 +65,7 @@ class FeatureSpace:
     model: nn.Module  # uint8 images -> (features, logits)
     classify: Callable[[torch.Tensor], torch.Tensor] | None = None  # features -> class logits; None = probe
     classifier_test_accuracy: float | None = None
+    channel_digits: Callable[[torch.Tensor], torch.Tensor] | None = None  # features -> (N, 3) digits (stacked)
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,6 +90,37 @@ class _InceptionPoolAndLogits(nn.Module):
         return self.net(x)
 
 
+class _DigitChannels(nn.Module):
+    """uint8 stacked-digit images -> (3 channels' classifier features concatenated, channel 0's logits)."""
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.classifier = classifier
+
+    def forward(self, x):
+        out = [self.classifier(x[:, c:c + 1].expand(-1, 3, -1, -1)) for c in range(x.shape[1])]
+        return torch.cat([f for f, _ in out], dim=1), out[0][1]
+
+
+def digit_channel_space(resolution: int, device, classifier_epochs: int, cache_dir: str | None) -> FeatureSpace:
+    """The `digit_channels` space: one digits classifier (cached, shared with dataset=digits) read per channel."""
+    from ..data import load_dataset
+    digits_train, digits_test = (load_dataset("digits", s, resolution).to(device) for s in ("train", "test"))
+    classifier, acc = load_or_train_classifier(digits_train, digits_test, device, classifier_epochs, cache_dir)
+    dim = classifier.fc.in_features
+
+    def classify(features: torch.Tensor) -> torch.Tensor:
+        return classifier.fc(features[:, :dim])
+
+    def channel_digits(features: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.stack([classifier.fc(features[:, k * dim:(k + 1) * dim]).argmax(1)
+                                for k in range(features.shape[1] // dim)], dim=1)
+
+    return FeatureSpace("digit_channels", f"digit_channels-e{classifier_epochs}", _DigitChannels(classifier),
+                        classify=classify, classifier_test_accuracy=acc, channel_digits=channel_digits)
+
+
 def make_feature_space(name: str, train: ImageData, test: ImageData, device, *, inception_weights: str | None = None,
                        classifier_epochs: int = 30, cache_dir: str | None = None) -> FeatureSpace:
     if name == "inception":
@@ -99,4 +131,6 @@ def make_feature_space(name: str, train: ImageData, test: ImageData, device, *, 
         model, acc = load_or_train_classifier(train, test, device, classifier_epochs, cache_dir)
         return FeatureSpace("classifier", f"classifier-e{classifier_epochs}", model, classify=model.fc,
                             classifier_test_accuracy=acc)
-    raise ValueError(f"unknown feature space {name!r}; choose inception or classifier")
+    if name == "digit_channels":
+        return digit_channel_space(train.resolution, device, classifier_epochs, cache_dir)
+    raise ValueError(f"unknown feature space {name!r}; choose inception, classifier or digit_channels")

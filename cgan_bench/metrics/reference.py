@@ -1,13 +1,15 @@
 """Real-data reference features: computed once per (dataset, split, count, resolution, preprocessing,
 feature space, content) and stored on disk; parallel jobs wait on a lock and share one file."""
+import json
 from pathlib import Path
 
 import torch
 from filelock import FileLock
 
 from ..data import ImageData
-from ..io import atomic_torch_save
+from ..io import atomic_torch_save, atomic_write_json
 from .cache import cache_key, cache_root, fingerprint
+from .compute import noise_floor
 from .feature_space import FeatureSpace
 
 
@@ -42,3 +44,17 @@ def load_or_compute_reference(space: FeatureSpace, data: ImageData, batch_size: 
             ref["probe"] = fit_probe(features, ref["labels"], data.n_classes)
         atomic_torch_save(path, ref)
         return ref
+
+
+def load_or_compute_noise_floor(space: FeatureSpace, data: ImageData, ref: dict, n_real: int, n_fake: int,
+                                kid_subset_size: int, cache_dir: str | None = None) -> dict:
+    """Real-vs-real floor of FID/KID/intra-FID for one protocol's sizes, computed once beside the reference
+    (Inception-sized intra-FID costs minutes: one 2048-d matrix square root per class)."""
+    base = reference_path(space, data, cache_dir)
+    path = base.with_name(f"{base.stem}.floor-r{n_real}-f{n_fake}-k{kid_subset_size}.json")
+    with FileLock(str(path) + ".lock"):
+        if path.exists():
+            return json.loads(path.read_text())
+        floor = noise_floor(ref["features"], ref["labels"], data.n_classes, n_real, n_fake, kid_subset_size)
+        atomic_write_json(path, floor)
+        return floor

@@ -20,57 +20,86 @@ def _slug(text: str) -> str:
 
 
 def _save(fig, title: str, path: Path) -> Path:
-    fig.suptitle(title)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
 
 
+def _sizes(frame: pd.DataFrame) -> str:
+    return "/".join(str(int(n)) for n in sorted(frame["n_generated"].dropna().unique())) if "n_generated" in frame \
+        else "?"
+
+
 def curve_plot(curves: pd.DataFrame, column: str, out: Path) -> Path | None:
-    """FID and IS against iteration, one line per head: mean over seeds with a min-max band."""
-    c = curves[(curves["column"] == column) & (curves["phase"] == "curve")]
-    if c.empty:
+    """FID and IS against iteration, one line per head (mean over seeds, min-max band) for the curve
+    evaluations; the final evaluation (its own protocol, often more samples) as a separate star marker."""
+    c = curves[curves["column"] == column]
+    if c.empty or not (c["phase"] == "curve").any():
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric, label in ((axes[0], "fid", "FID (lower is better)"), (axes[1], "is_mean", "IS (higher is better)")):
-        for head in _heads(c):
-            g = c[c["head"] == head].groupby("iteration")[metric].agg(["mean", "min", "max"]).reset_index()
-            ax.plot(g["iteration"], g["mean"], marker="o", ms=3, label=head)
-            ax.fill_between(g["iteration"], g["min"], g["max"], alpha=0.2)
+    metrics = [("fid", "FID (lower is better)"), ("is_mean", "IS (higher is better)")]
+    if "modes_covered_mean" in c and c["modes_covered_mean"].notna().any():
+        metrics.append(("modes_covered_mean", "modes covered per class (of 100)"))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4))
+    curve, final = c[c["phase"] == "curve"], c[c["phase"] == "final"]
+    for ax, (metric, label) in zip(axes, metrics):
+        for k, head in enumerate(_heads(c)):
+            color = f"C{k}"
+            g = curve[curve["head"] == head].groupby("iteration")[metric].agg(["mean", "min", "max"]).reset_index()
+            ax.plot(g["iteration"], g["mean"], marker="o", ms=3, color=color, label=f"{head} (curve)")
+            ax.fill_between(g["iteration"], g["min"], g["max"], color=color, alpha=0.2)
+            f = final[final["head"] == head].groupby("iteration")[metric].mean().reset_index()
+            ax.plot(f["iteration"], f[metric], marker="*", ms=12, ls="none", color=color, mec="black", mew=0.6,
+                    label=f"{head} (final)")
         ax.set_xlabel("generator iteration")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend()
-    return _save(fig, f"{column}: curve evaluations (mean over seeds, band = min..max)",
+    axes[0].legend(fontsize=7, ncol=2)
+    return _save(fig, f"{column}: curve evaluations (lines, n generated = {_sizes(curve)}; band = min..max over "
+                      f"seeds) and final evaluations (stars, n generated = {_sizes(final)})",
                  out / f"curves_{_slug(column)}.png")
 
 
 def per_class_plot(per_class: pd.DataFrame, column: str, out: Path) -> Path | None:
-    """Per-class intra-FID and diversity ratio for each head, classes sorted by the projection head's value."""
+    """Per-class bars for each head (mean over seeds), one class order for every panel (by the projection
+    head's intra-FID); intra-FID on a log axis when heads differ by more than 5x, so a far-off head (`none`)
+    does not flatten the others; stacked digits add modes covered with the real ceiling."""
     p = per_class[per_class["column"] == column]
     if p.empty:
         return None
-    means = p.groupby(["head", "class"])[["intra_fid", "diversity_ratio"]].mean().reset_index()
+    panels = [("intra_fid", "intra-FID (lower is better)"),
+              ("diversity_ratio", "diversity ratio (1 = as diverse as real)")]
+    if "modes_covered" in p and p["modes_covered"].notna().any():
+        panels.append(("modes_covered", "modes covered (of 100)"))
+    means = p.groupby(["head", "class"])[[m for m, _ in panels] + (["real_modes_covered"] if len(panels) > 2
+                                                                   else [])].mean().reset_index()
     heads = _heads(means)
     ref = "projection" if "projection" in heads else heads[0]
-    fig, axes = plt.subplots(2, 1, figsize=(11, 7))
-    for ax, metric, label in ((axes[0], "intra_fid", "intra-FID (lower is better)"),
-                              (axes[1], "diversity_ratio", "diversity ratio (1 = as diverse as real)")):
-        order = means[means["head"] == ref].sort_values(metric)["class"].tolist()
-        pos = {c: i for i, c in enumerate(order)}
-        width = 0.8 / len(heads)
+    order = means[means["head"] == ref].sort_values("intra_fid")["class"].tolist()
+    pos = {c: i for i, c in enumerate(order)}
+    width = 0.8 / len(heads)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.4 * len(panels)))
+    for ax, (metric, label) in zip(axes, panels):
         for k, head in enumerate(heads):
             g = means[means["head"] == head]
             ax.bar([pos[c] + (k - (len(heads) - 1) / 2) * width for c in g["class"]], g[metric], width, label=head)
         if metric == "diversity_ratio":
-            ax.axhline(1.0, color="black", lw=0.8, ls="--")
+            ax.axhline(1.0, color="black", lw=0.8, ls="--", label="real data")
+        if metric == "modes_covered":
+            ceiling = means[means["head"] == ref].set_index("class")["real_modes_covered"]
+            ax.plot([pos[c] for c in ceiling.index], ceiling.values, "k_", ms=20, mew=2, label="real ceiling")
+        positive = means[metric][means[metric] > 0]
+        if metric == "intra_fid" and len(positive) and positive.max() > 5 * positive.min():
+            ax.set_yscale("log")
+            label += ", log scale"
         ax.set_xticks(range(len(order)))
         ax.set_xticklabels([str(c) for c in order], fontsize=7 if len(order) > 20 else 9)
-        ax.set_ylabel(label)
-        ax.set_xlabel(f"class (sorted by {ref}'s value)")
+        ax.set_ylabel(label, fontsize=9)
         ax.grid(alpha=0.3, axis="y")
-    axes[0].legend(ncol=len(heads))
+    axes[-1].set_xlabel(f"class (sorted by {ref}'s intra-FID)")
+    axes[0].legend(ncol=len(heads), fontsize=8)
+    axes[-1].legend(ncol=len(heads) + 1, fontsize=8)
     return _save(fig, f"{column}: per-class statistics (mean over seeds)", out / f"per_class_{_slug(column)}.png")
 
 

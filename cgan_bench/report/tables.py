@@ -1,20 +1,35 @@
-"""The report's tables as DataFrames: the paper's layout, the extra metrics, published values, paired
-differences against projection, and run status. Numbers from different protocols never share a column."""
+"""The report's tables as DataFrames: the paper's layout, the extra metrics, the exact mode counts (stacked
+digits) beside their real ceiling, the real-vs-real noise floor, published values, paired differences against
+projection with a multiple-comparison correction, and run status. Numbers from different protocols never
+share a column; bold marks a best head only when it beats the runner-up in a paired test."""
 import math
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-HIGHER_BETTER = {"is_mean", "precision", "recall", "coverage_mean", "class_accuracy"}
-LOWER_BETTER = {"fid", "kid_mean", "intra_fid_mean", "collapsed_classes"}
-CLOSEST_TO_ONE = {"diversity_ratio_mean"}
-LABELS = {"is_mean": "IS", "fid": "FID", "intra_fid_mean": "intra-FID", "kid_mean": "KID", "precision": "precision",
-          "recall": "recall", "coverage_mean": "coverage", "diversity_ratio_mean": "diversity ratio",
-          "class_accuracy": "class acc.", "collapsed_classes": "collapsed classes"}
+HIGHER_BETTER = {"is_mean", "precision", "recall", "coverage", "class_coverage_mean", "class_accuracy",
+                 "modes_covered_mean", "modes_total"}
+LOWER_BETTER = {"fid", "kid_mean", "intra_fid_mean", "collapsed_classes", "near_duplicate_rate_mean", "mode_kl_mean",
+                "mode_collapsed_classes"}
+CLOSEST_TO_ONE = {"diversity_ratio_mean", "density"}
+LABELS = {"is_mean": "IS", "fid": "FID", "intra_fid_mean": "intra-FID", "kid_mean": "KID ×10³",
+          "precision": "precision", "recall": "recall", "density": "density", "coverage": "coverage",
+          "class_coverage_mean": "within-class coverage", "diversity_ratio_mean": "diversity ratio",
+          "near_duplicate_rate_mean": "near-duplicate rate", "class_accuracy": "class acc.",
+          "collapsed_classes": "collapsed classes", "modes_covered_mean": "modes covered per class (of 100)",
+          "modes_total": "modes total (of 1000)", "mode_kl_mean": "KL(modes ‖ uniform), nats",
+          "mode_collapsed_classes": "mode-collapsed classes"}
+SCALE = {"kid_mean": 1000.0}  # shown in these units (KID ×10³, as in the literature)
+DIGITS = {"collapsed_classes": 1, "mode_collapsed_classes": 1, "kid_mean": 2, "modes_total": 1,
+          "modes_covered_mean": 1, "fid": 2, "intra_fid_mean": 2}
 PAPER_METRICS = ["is_mean", "fid"]
-EXTRA_METRICS = ["intra_fid_mean", "kid_mean", "precision", "recall", "coverage_mean", "diversity_ratio_mean",
-                 "class_accuracy", "collapsed_classes"]
+EXTRA_METRICS = ["intra_fid_mean", "kid_mean", "precision", "recall", "density", "coverage", "class_coverage_mean",
+                 "diversity_ratio_mean", "near_duplicate_rate_mean", "class_accuracy", "collapsed_classes"]
+MODE_METRICS = ["modes_covered_mean", "modes_total", "mode_kl_mean", "class_accuracy", "mode_collapsed_classes"]
+VERDICT_METRICS = ["fid", "intra_fid_mean", "is_mean", "kid_mean", "class_accuracy", "modes_covered_mean",
+                   "mode_kl_mean"]
+ALPHA = 0.05
 PROTOCOL_FIELDS = ["feature_space", "real_split", "n_real", "n_fake", "n_generated", "isc_splits"]
 HEAD_ORDER = ["input_concat", "concat", "acgan", "projection", "none"]
 
@@ -68,23 +83,46 @@ def aggregate(done: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _best_heads(agg: pd.DataFrame) -> set[tuple[str, str, str]]:
+def _score(metric: str, values):
+    """Higher = better, for any metric direction."""
+    return values if metric in HIGHER_BETTER else -values if metric in LOWER_BETTER else -(values - 1).abs()
+
+
+def _paired_p(a: pd.Series, b: pd.Series) -> float:
+    """Two-sided p of a paired t-test over the seeds both have (Welch's test when they share < 2 seeds)."""
+    common = sorted(set(a.index) & set(b.index))
+    if len(common) >= 2:
+        return _one_sample_p((a.loc[common] - b.loc[common]).astype(float))
+    if len(a) >= 2 and len(b) >= 2:
+        return float(stats.ttest_ind(a.astype(float), b.astype(float), equal_var=False).pvalue)
+    return float("nan")
+
+
+def _best_heads(done: pd.DataFrame, agg: pd.DataFrame) -> set[tuple[str, str, str]]:
+    """(column, head, metric) of the best head where it beats the runner-up (paired t-test, p < 0.05);
+    no bold on ties or differences within seed noise."""
     best = set()
     for (column, metric), g in agg.dropna(subset=["mean"]).groupby(["column", "metric"]):
         if len(g) < 2:
             continue
-        score = g["mean"] if metric in HIGHER_BETTER else -g["mean"] if metric in LOWER_BETTER \
-            else -(g["mean"] - 1).abs()
-        top = score.max()
-        best |= {(column, h, metric) for h in g.loc[np.isclose(score, top), "head"]}
+        ranked = g.assign(score=_score(metric, g["mean"])).sort_values("score", ascending=False)
+        top, runner_up = ranked.iloc[0], ranked.iloc[1]
+        if np.isclose(top["score"], runner_up["score"]):
+            continue
+        runs = done[done["column"] == column]
+        values = {h: _score(metric, runs[runs["head"] == h].set_index("seed")[metric].dropna().astype(float))
+                  for h in (top["head"], runner_up["head"])}
+        p = _paired_p(values[top["head"]], values[runner_up["head"]])
+        if p < ALPHA and (values[top["head"]].mean() > values[runner_up["head"]].mean()):
+            best.add((column, top["head"], metric))
     return best
 
 
 def fmt(mean: float, std: float, metric: str) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return ""
-    digits = 0 if metric == "collapsed_classes" else 4 if metric == "kid_mean" else 3 if metric in HIGHER_BETTER \
-        | CLOSEST_TO_ONE else 2
+    mean, std = mean * SCALE.get(metric, 1.0), (std or float("nan")) * SCALE.get(metric, 1.0)
+    digits = DIGITS.get(metric, 3)
     text = f"{mean:.{digits}f}"
     if std is not None and not math.isnan(std):
         text += f" ± {std:.{digits}f}"
@@ -95,8 +133,11 @@ def metric_table(done: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     """Rows = heads, columns = (dataset/protocol) x metric, 'mean ± std' over seeds, best per column in bold."""
     if done.empty:
         return pd.DataFrame()
+    metrics = [m for m in metrics if m in done and done[m].notna().any()]
+    if not metrics:
+        return pd.DataFrame()
     agg = aggregate(done, metrics)
-    best = _best_heads(agg)
+    best = _best_heads(done, agg)
     table = {}
     for r in agg.itertuples():
         cell = fmt(r.mean, r.std, r.metric)
@@ -113,33 +154,106 @@ def metric_table(done: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     return out
 
 
-def paired_vs_projection(done: pd.DataFrame, metrics=("fid", "intra_fid_mean", "is_mean")) -> pd.DataFrame:
-    """Per-seed paired differences (head - projection) with a t-based 95% interval."""
+def mode_table(done: pd.DataFrame) -> pd.DataFrame:
+    """Exact mode counts per head (stacked digits), with the real held-out images' values as a last row."""
+    table = metric_table(done, MODE_METRICS)
+    if table.empty or "real_modes_covered_mean" not in done:
+        return table
+    ceiling = {("", "seeds"): ""}
+    for column, g in done.groupby("column"):
+        for m in MODE_METRICS:
+            real = f"real_{m}"
+            if (column, LABELS[m]) in table.columns and real in g:
+                ceiling[(column, LABELS[m])] = fmt(g[real].astype(float).mean(), float("nan"), m)
+    table = table.astype(object)
+    table.loc["real data (ceiling)"] = pd.Series(ceiling)
+    return table.fillna("")
+
+
+def noise_floor_table(done: pd.DataFrame) -> pd.DataFrame:
+    """Real vs real per column: what two disjoint halves of the real data score (computed once per cached
+    reference, sized like the protocol where the data allows; see metrics.compute.noise_floor)."""
+    if done.empty or "floor_fid" not in done:
+        return pd.DataFrame()
+    rows = []
+    for column, g in done.groupby("column"):
+        first = g.dropna(subset=["floor_fid"])
+        if first.empty:
+            continue
+        f = first.iloc[0]
+        rows.append({"dataset": column, "real vs real (images)": f"{int(f['floor_n_b'])} vs {int(f['floor_n_a'])}",
+                     "FID": fmt(f["floor_fid"], float("nan"), "fid"),
+                     "intra-FID (class halves)": fmt(f["floor_intra_fid_mean"], float("nan"), "intra_fid_mean"),
+                     "KID ×10³ ± s.e.": fmt(f["floor_kid_mean"], f["floor_kid_sem"], "kid_mean")})
+    return pd.DataFrame(rows)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error control over one family of comparisons)."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted, running = [float("nan")] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+FLOOR_OF = {"fid": "floor_fid", "intra_fid_mean": "floor_intra_fid_mean", "kid_mean": "floor_kid_mean",
+            "modes_covered_mean": "real_modes_covered_mean", "mode_kl_mean": "real_mode_kl_mean"}
+
+
+def paired_vs_projection(done: pd.DataFrame, metrics=tuple(VERDICT_METRICS)) -> pd.DataFrame:
+    """Each head against projection, paired by seed, one family per (column, metric): the heads' paired
+    t-tests, Holm-adjusted; the interval is the simultaneous (Bonferroni) 1 - 0.05 / m interval of the mean
+    difference; effect size d_z = mean difference / std of the differences; `reference` is the noise floor
+    (real vs real) for FID-type metrics and the real ceiling for mode metrics."""
     rows = []
     for column, g in done.groupby("column"):
         base = g[g["head"] == "projection"].set_index("seed")
         if base.empty:
             continue
-        for head, h in g[g["head"] != "projection"].groupby("head"):
-            h = h.set_index("seed")
-            seeds = sorted(set(h.index) & set(base.index))
-            for m in metrics:
+        others = [(head, h.set_index("seed")) for head, h in g[g["head"] != "projection"].groupby("head")]
+        for m in metrics:
+            if m not in g or g[m].isna().all():
+                continue
+            family = []
+            for head, h in others:
+                seeds = sorted(set(h.index) & set(base.index))
                 d = (h.loc[seeds, m].astype(float) - base.loc[seeds, m].astype(float)).dropna()
-                n = len(d)
-                if n == 0:
-                    continue
-                mean = d.mean()
-                half = stats.t.ppf(0.975, n - 1) * d.std(ddof=1) / math.sqrt(n) if n > 1 else float("nan")
-                rows.append({"dataset": column, "head": head, "metric": LABELS[m], "pairs": n,
-                             "difference": mean, "ci95_low": mean - half, "ci95_high": mean + half,
-                             "verdict": _verdict(m, mean, half)})
+                if len(d):
+                    family.append((head, d))
+            if not family:
+                continue
+            level = 1 - ALPHA / len(family)
+            p_raw = [_one_sample_p(d) for _, d in family]
+            valid = [p for p in p_raw if not math.isnan(p)]
+            p_holm = iter(holm(valid))
+            scale = SCALE.get(m, 1.0)
+            reference = g[FLOOR_OF[m]].dropna().astype(float).mean() * scale if FLOOR_OF.get(m) in g else float("nan")
+            for (head, d), p in zip(family, p_raw):
+                n, mean = len(d), d.mean() * scale
+                sd = d.std(ddof=1) * scale if n > 1 else float("nan")
+                half = stats.t.ppf(1 - (1 - level) / 2, n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
+                adjusted = next(p_holm) if not math.isnan(p) else float("nan")
+                rows.append({"dataset": column, "metric": LABELS[m], "head": head, "pairs": n,
+                             "difference": mean, "ci_low": mean - half, "ci_high": mean + half,
+                             "p_holm": adjusted, "effect_dz": mean / sd if sd and sd > 0 else float("nan"),
+                             "reference": reference, "verdict": _verdict(m, mean, adjusted, n)})
     return pd.DataFrame(rows)
 
 
-def _verdict(metric: str, mean: float, half: float) -> str:
-    if math.isnan(half):
-        return "one seed: no interval"
-    if abs(mean) <= half:
+def _one_sample_p(d: pd.Series) -> float:
+    if len(d) < 2:
+        return float("nan")
+    if d.std(ddof=1) == 0:
+        return 0.0 if d.mean() != 0 else 1.0
+    return float(stats.ttest_1samp(d, 0.0).pvalue)
+
+
+def _verdict(metric: str, mean: float, p_holm: float, n: int) -> str:
+    if n < 2 or math.isnan(p_holm):
+        return "one seed: no test"
+    if p_holm >= ALPHA:
         return "no clear difference"
     better = (mean > 0) == (metric in HIGHER_BETTER)
     return "better than projection" if better else "worse than projection"

@@ -200,7 +200,8 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def save_samples(self, name: str) -> None:
-        grid = class_grid(self.G, self.data.n_classes, self.cfg.model.z_dim, self.device, seed=self.cfg.seed + 1234)
+        grid = class_grid(self.G, self.data.n_classes, self.cfg.model.z_dim, self.device, seed=self.cfg.seed + 1234,
+                          channels_apart=bool(self.cfg.dataset.get("channels_apart", False)))
         save_png(grid, self.run.samples / f"{name}.png")
         if self.tracker is not None:
             self.tracker.image("samples", grid, self.iteration)

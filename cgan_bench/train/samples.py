@@ -23,9 +23,22 @@ def make_grid(images: torch.Tensor, n_cols: int) -> torch.Tensor:
     return torchvision.utils.make_grid(images, nrow=n_cols, padding=1, pad_value=255)
 
 
+def split_channels(images: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, 3, H, 3W): the red, green and blue channels side by side, each in its own colour,
+    so the three digits of a stacked-digits image are readable one by one."""
+    parts = []
+    for c in range(images.shape[1]):
+        part = torch.zeros_like(images)
+        part[:, c] = images[:, c]
+        parts.append(part)
+    return torch.cat(parts, dim=3)
+
+
 @torch.no_grad()
-def class_grid(G, n_classes: int, z_dim: int, device, n_cols: int = 10, seed: int = 1234, max_rows: int = 10):
-    """uint8 (3, H', W') grid image: one row per class, the same z down each column."""
+def class_grid(G, n_classes: int, z_dim: int, device, n_cols: int = 10, seed: int = 1234, max_rows: int = 10,
+               channels_apart: bool = False):
+    """uint8 (3, H', W') grid image: one row per class, the same z down each column (`channels_apart`:
+    each sample shown as its three channels side by side)."""
     classes = grid_classes(n_classes, max_rows)
     g = torch.Generator(device="cpu").manual_seed(seed)
     z = torch.randn(n_cols, z_dim, generator=g).to(device).repeat(len(classes), 1)
@@ -34,7 +47,7 @@ def class_grid(G, n_classes: int, z_dim: int, device, n_cols: int = 10, seed: in
     G.eval()
     images = to_uint8(G(z, y))
     G.train(was_training)
-    return make_grid(images.cpu(), n_cols)
+    return make_grid(split_channels(images.cpu()) if channels_apart else images.cpu(), n_cols)
 
 
 @torch.no_grad()
