@@ -1,5 +1,11 @@
 """Validate a composed config before any work starts: one line naming the key, the value and what is allowed."""
-from omegaconf import DictConfig
+import difflib
+import re
+from functools import lru_cache
+from importlib.resources import files
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
 
 from .heads import HEADS, build_head, head_params
 from .data import LOADERS
@@ -23,7 +29,12 @@ def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+MAX_RESOLUTION = 256  # the largest trunk the project has is 128px; 4096 would try to allocate ~96 GB
+MAX_SEED = 2**64 - 1  # torch.manual_seed's range (0 <= seed < 2**64)
+
+
 def validate(cfg: DictConfig) -> None:
+    check_known_keys(cfg)
     head = cfg.head.name
     _check(head in HEADS, "head.name", head, f"registered heads are {', '.join(sorted(HEADS))}")
     _check_head_params(cfg)
@@ -32,11 +43,15 @@ def validate(cfg: DictConfig) -> None:
     r = d.resolution
     _check(_is_int(r) and r >= 16 and (r & (r - 1)) == 0, "dataset.resolution", r,
            "a power of two >= 16 (the trunk halves it down to 8x8)")
+    _check(r <= MAX_RESOLUTION, "dataset.resolution", r,
+           f"at most {MAX_RESOLUTION} (a power of two between 16 and {MAX_RESOLUTION}; the largest net is 128px)")
     if d.name == "imagefolder":
         _check(bool(d.get("path")), "dataset.path", d.get("path"), "a folder with one sub-folder of images per class")
+        _check(isinstance(d.get("skip_bad_files", False), bool), "dataset.skip_bad_files", d.get("skip_bad_files"),
+               "true (skip and count unreadable image files) or false (stop at the first one)")
     _check(str(cfg.device) in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"), "device", cfg.device,
            "auto, cpu, cuda or cuda:N")
-    _check(_is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
+    _check(_is_int(cfg.seed) and 0 <= cfg.seed <= MAX_SEED, "seed", cfg.seed, "an integer between 0 and 2**64-1")
 
     m = cfg.model
     for key in ("g_ch", "d_ch", "z_dim"):
@@ -83,7 +98,7 @@ def _check_head_params(cfg: DictConfig) -> None:
     """Build the head once on the CPU with the configured sizes: bad head.* values fail here, not mid-run."""
     from .models import trunk_depth
     r = cfg.dataset.resolution
-    if not (_is_int(r) and r >= 16 and (r & (r - 1)) == 0) or not _is_int(cfg.model.d_ch):
+    if not (_is_int(r) and 16 <= r <= MAX_RESOLUTION and (r & (r - 1)) == 0) or not _is_int(cfg.model.d_ch):
         return  # reported by the resolution/model checks
     try:
         build_head(cfg.head.name, n_classes=2, feature_dim=cfg.model.d_ch, n_blocks=trunk_depth(r)[0],
@@ -117,3 +132,83 @@ def check_group_overrides(argv: list[str], conf_dir) -> None:
             if choice not in options:
                 what = "registered heads are" if key == "head" else "choose one of"
                 raise ConfigError(f"{key}={choice} is not allowed: {what} {', '.join(options)}")
+
+
+# Keys outside the config files: `hydra` (Hydra checks its own schema; `+sweep=NAME` sets hydra.sweeper.*).
+FREE_SUBTREES = ("hydra",)
+
+
+@lru_cache(maxsize=None)
+def known_keys(conf_dir: str | None = None) -> frozenset[str]:
+    """Every dotted key (folders and leaves) that some config file defines: conf/config.yaml plus every option
+    of every group (conf/GROUP/*.yaml), each placed at its `# @package` (default: the group's name), so
+    `+sweep=...` (sweep_name) and `+adam=X` (train.*) keys are known, and so is `+key=value` for a known key."""
+    root = Path(conf_dir) if conf_dir else Path(str(files("cgan_bench.conf")))
+    keys: set[str] = set()
+    for yaml in sorted(root.rglob("*.yaml")):
+        group = yaml.parent.relative_to(root).as_posix()
+        package = re.search(r"^#\s*@package\s+(\S+)", yaml.read_text(), re.MULTILINE)
+        package = package.group(1) if package else ("_global_" if group == "." else group)
+        package = "" if package == "_global_" else package.replace("_group_", group).replace("/", ".")
+        node = OmegaConf.to_container(OmegaConf.load(yaml), resolve=False) or {}
+        node.pop("defaults", None)
+        _add_paths(node, package, keys)
+    return frozenset(keys)
+
+
+def _add_paths(node, prefix: str, out: set) -> None:
+    if prefix:
+        out.add(prefix)
+    if isinstance(node, dict):
+        for k, v in node.items():
+            _add_paths(v, f"{prefix}.{k}" if prefix else str(k), out)
+
+
+def _leaves(node, prefix: str = ""):
+    if isinstance(node, dict) and node:
+        for k, v in node.items():
+            yield from _leaves(v, f"{prefix}.{k}" if prefix else str(k))
+    else:
+        yield prefix, node
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """A key no config file defines (`+train.iteration=5`, a typo under +) is read by nobody: refuse it."""
+    known = known_keys()
+    tree = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
+    for path, value in _leaves(tree):
+        parts = path.split(".")
+        if parts[0] in FREE_SUBTREES or path in known:
+            continue
+        ancestors = [".".join(parts[:i]) for i in range(1, len(parts))]
+        if any(a in known and not any(k.startswith(a + ".") for k in known) for a in ancestors):
+            continue  # a known leaf given a mapping: its own check reports the value
+        raise unknown_key(path, repr(value))
+
+
+def unknown_key(path: str, shown: str) -> ConfigError:
+    """`path=shown is not allowed: ... (did you mean the closest known key?)`."""
+    known = known_keys()
+    parts = path.split(".")
+    leaves = sorted(k for k in known if not any(j.startswith(k + ".") for j in known) and not k.startswith("hydra."))
+    close = difflib.get_close_matches(path, leaves, n=1, cutoff=0.6)
+    parent = next((a for a in (".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)) if a in known), "")
+    siblings = sorted({k[len(parent) + 1:].split(".")[0] for k in known if k.startswith(parent + ".")}) \
+        if parent else sorted({k.split(".")[0] for k in known})
+    hint = f"did you mean {close[0]}?" if close else \
+        f"known {parent + '.' if parent else ''}keys are {', '.join(siblings)}"
+    return ConfigError(f"{path}={shown} is not allowed: no config file defines this key ({hint})")
+
+
+def check_key_overrides(argv: list[str], conf_dir) -> None:
+    """`key=value`, `+key=value`, `++key=value` on the command line must name a key some config file defines
+    (Hydra would answer a typo with a multi-line error, and accept `+train.iteration=5` that nobody reads)."""
+    groups = {p.name for p in Path(conf_dir).iterdir() if p.is_dir()}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        key = key.lstrip("+~")
+        if not sep or arg.startswith("-") or not key or key in groups or any(c in key for c in "/@$"):
+            continue
+        if key.split(".")[0] in FREE_SUBTREES or key in known_keys(str(conf_dir)):
+            continue
+        raise unknown_key(key, value)

@@ -65,7 +65,7 @@ class Evaluator:
         """Class-balanced samples from fixed noise (same z every evaluation of this run), embedded once."""
         per_class = max(2, n // self.n_classes)
         labels = torch.arange(self.n_classes, device=self.device).repeat_interleave(per_class)
-        g = torch.Generator(device=self.device).manual_seed(self.seed + EVAL_NOISE_OFFSET)
+        g = torch.Generator(device=self.device).manual_seed((self.seed + EVAL_NOISE_OFFSET) % 2**64)
         z = torch.randn(len(labels), self.z_dim, generator=g, device=self.device)
         was_training = G.training
         G.eval()
