@@ -4,9 +4,12 @@ Read top to bottom: `cli` (checks group names, then Hydra) -> `main` (one Hydra 
 usable without Hydra) -> Trainer.fit (train/loop.py) -> Evaluator.evaluate (metrics/evaluator.py).
 Everything a job produces lands in its run directory.
 """
+import errno
 import logging
+import os
 import shutil
 import sys
+import tempfile
 import time
 from importlib.resources import files
 from pathlib import Path
@@ -14,16 +17,18 @@ from pathlib import Path
 import hydra
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, check_against_data, check_group_overrides, validate
+from .config import ConfigError, check_against_data, check_group_overrides, check_key_overrides, validate
 from .data import DataMissingError, load_dataset
 from .heads import UnknownHeadError
 from .io import atomic_write_text
 from .metrics.feature_space import WeightsMissingError, make_feature_space
 from .tracking import WandbTracker, resolve_mode
-from .train.loop import Diverged, Preempted, ResumeConfigMismatch, Trainer
+from .train.checkpoint import CheckpointUnreadable
+from .train.loop import Diverged, Preempted, ResumeConfigMismatch, ResumePastBudget, Trainer
 from .train.run_dir import RunDir
 from .train.run_lock import RunDirBusy, RunDirLock
 from .train.samples import morph_grid, save_png
@@ -31,7 +36,36 @@ from .train.samples import morph_grid, save_png
 log = logging.getLogger("cgan_bench")
 CONF_DIR = str(files("cgan_bench.conf"))
 USER_ERRORS = (ConfigError, DataMissingError, WeightsMissingError, UnknownHeadError, ResumeConfigMismatch,
-               RunDirBusy)
+               RunDirBusy, CheckpointUnreadable)
+# A run directory that cannot be written: disk full, read-only, no permission, quota (one line, exit code 2).
+WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM}
+
+
+class CannotWrite(OSError):
+    """Writing the run directory failed for a reason the user fixes (a full disk, a read-only location...)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def cannot_write(err: OSError, run_dir: Path, setting: str = "hydra.run.dir") -> CannotWrite | None:
+    """The one-line error for a failed write, or None where it is no write error of the run's (EACCES reading
+    a file elsewhere, an errno outside WRITE_ERRNOS)."""
+    if err.errno not in WRITE_ERRNOS or isinstance(err, CannotWrite):
+        return None
+    path = Path(os.fsdecode(err.filename)) if err.filename else Path(run_dir)
+    inside = path.absolute().is_relative_to(Path(run_dir).absolute())
+    if not inside and err.errno in (errno.EACCES, errno.EPERM):
+        return None
+    fix = "free space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable"
+    advice = f"{fix} or choose another {setting}" if inside else fix
+    return CannotWrite(err.errno, f"cannot write {path}: {err.strerror or os.strerror(err.errno)} ({advice})")
+
+
+USER_ERRORS = (*USER_ERRORS, CannotWrite)
+# Exit codes of a single run: 0 completed (or preempted: rerun to resume), 1 crashed (traceback),
+# 2 refused (a user error: one line on stderr), 3 diverged (one line on stderr; recorded in status.json).
+EXIT_USER_ERROR, EXIT_DIVERGED = 2, 3
 
 
 def resolve_device(name: str, job_num: int = 0) -> torch.device:
@@ -55,15 +89,22 @@ def start_over(run: RunDir) -> None:
 def run_job(cfg: DictConfig, run_dir: Path, group: str = "single", job_num: int = 0,
             hydra_files: dict[str, str] | None = None) -> dict | None:
     """Run (or resume, or skip if finished) one training job in `run_dir`; returns the final metrics.
+    A diverged run is recorded in status.json, then Diverged is raised.
     `group` names the sweep for W&B. The job holds the run directory's lock (train/run_lock.py) from before it
     reads anything there until it ends; if another job holds it, RunDirBusy is raised and nothing is written.
     `hydra_files` (path relative to run_dir -> text) is what Hydra wrote there for this job: rewritten before the
     lock is released if a refused job's Hydra overwrote it meanwhile."""
-    with RunDirLock(run_dir):
-        try:
-            return _run_job_locked(cfg, run_dir, group, job_num)
-        finally:
-            restore_files(Path(run_dir), hydra_files or {})
+    try:
+        with RunDirLock(run_dir):
+            try:
+                return _run_job_locked(cfg, run_dir, group, job_num)
+            finally:
+                restore_files(Path(run_dir), hydra_files or {})
+    except OSError as err:  # checkpoints are written atomically: the last complete one is still there
+        refusal = cannot_write(err, Path(run_dir))
+        if refusal is None:
+            raise
+        raise refusal from err
 
 
 def restore_files(run_dir: Path, files_: dict[str, str]) -> None:
@@ -127,14 +168,16 @@ def _run_job_locked(cfg: DictConfig, run_dir: Path, group: str, job_num: int) ->
             tracker.finish(0)
         raise
     except USER_ERRORS as err:
-        run.write_status("failed", 0, int(cfg.train.iterations), time.perf_counter() - t_start, None, str(err))
+        # a refusal never rewrites what the directory holds (ResumePastBudget), nor marks a completed run failed
+        if not isinstance(err, ResumePastBudget) and (run.read_status() or {}).get("state") != "completed":
+            run.write_status("failed", 0, int(cfg.train.iterations), time.perf_counter() - t_start, None, str(err))
         raise
     except Diverged as err:
         trainer.status("diverged", reason=str(err))
         log.error("run diverged: %s (the last good checkpoint is kept)", err)
         if tracker is not None:
             tracker.finish(1)
-        return None
+        raise
     except BaseException as err:
         it = trainer.iteration if trainer else 0
         reason = f"{type(err).__name__}: {err}"
@@ -162,7 +205,12 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: {err}", file=sys.stderr)
         if multirun:
             return None  # recorded as failed in the run directory (busy: left to its holder); the sweep goes on
-        sys.exit(2)
+        sys.exit(EXIT_USER_ERROR)
+    except Diverged as err:
+        if multirun:
+            return None  # recorded as diverged in status.json; the sweep goes on and its report lists it
+        print(f"error: run diverged: {err}", file=sys.stderr)
+        sys.exit(EXIT_DIVERGED)
     except Preempted as p:
         print(f"{p}: checkpoint written, status 'preempted'; rerun the same command to resume", file=sys.stderr)
         if callable(p.previous_handler):  # e.g. submitit's handler: requeue the job, which then resumes
@@ -179,10 +227,39 @@ def main(cfg: DictConfig) -> float | None:
     return None if final is None else final.get("fid")
 
 
+class RunDirWritable(Callback):
+    """Hydra makes the run (sweep) directory and writes .hydra/ there before a job starts: probe it first, so a
+    full disk or an unwritable location is one line and exit code 2 instead of Hydra's traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._probe(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self._probe(config, "hydra.sweep.dir")
+
+    @staticmethod
+    def _probe(config: DictConfig, key: str) -> None:
+        HydraConfig.instance().set_config(config)  # as Hydra's run_job does next: resolves ${hydra:...}, ${now:...}
+        path = Path(str(OmegaConf.select(config, key)))
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(dir=path, prefix=".write_test.")
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            refusal = cannot_write(err, Path(os.fsdecode(err.filename or path)), key)
+            if refusal is None:
+                raise
+            print(f"error: {refusal}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+
+
 def cli() -> None:
-    """Unknown config-group options (head=nope) get one line and exit code 2 before Hydra starts."""
+    """Unknown config-group options (head=nope) and keys no config defines (+train.iteration=5) get one line and
+    exit code 2 before Hydra starts."""
     try:
         check_group_overrides(sys.argv[1:], Path(CONF_DIR))
+        check_key_overrides(sys.argv[1:], Path(CONF_DIR))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

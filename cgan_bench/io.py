@@ -9,14 +9,32 @@ from typing import Any
 import torch
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (/proc/self/status, kernel >= 4.7).
+    Elsewhere os.umask must set it to read it: set-and-restore at once, a tiny window in which a file
+    created by another thread would get mode 0666 & ~0o022."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
 def replace_atomically(path: Path, write) -> None:
-    """Call write(file) on a temp file beside `path`, then rename it over `path`."""
+    """Call write(file) on a temp file beside `path`, then rename it over `path`. The file gets the mode a
+    plain open() would give it (0666 minus the umask: 0644 under umask 022), not mkstemp's private 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:

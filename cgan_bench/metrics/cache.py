@@ -1,7 +1,15 @@
 """Where the harness caches what it computes once: domain classifiers and real-data reference features."""
 import hashlib
+import logging
 import os
+import pickle
+import time
 from pathlib import Path
+from typing import Any, Callable
+
+from filelock import FileLock
+
+log = logging.getLogger(__name__)
 
 PREPROCESSING_VERSION = 1  # bump when image loading/resizing changes, so old caches are never reused
 
@@ -19,6 +27,40 @@ def cache_key(*, dataset: str, split: str, count: int, resolution: int, feature_
               preprocessing: int = PREPROCESSING_VERSION) -> str:
     """Every field that changes the numbers is in the key (other harnesses collide across resolutions)."""
     return f"{dataset}-{split}-n{count}-r{resolution}-pp{preprocessing}-{feature_space}"
+
+
+# What reading a damaged entry raises (torch.load of garbage or a truncated file, bad JSON, missing keys, a state
+# dict that does not fit). OSError is not among them: an unreadable disk or a permission problem is no reason
+# to throw an entry away. Loaders read to the CPU, so a device out of memory never looks like a damaged file.
+CORRUPT = (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, KeyError, IndexError, TypeError,
+           AttributeError)
+
+
+def load_or_build(path: Path, load: Callable[[Path], Any], build: Callable[[], Any],
+                  save: Callable[[Path, Any], None]) -> Any:
+    """One shared cache entry. An existing entry is complete (written by temp file + rename), so it is read
+    without any lock: a read-only cache directory works. A missing one is built under `<path>.lock`, checked
+    again once the lock is held (another job may have built it meanwhile). An entry that cannot be read is
+    named in a warning, moved aside to `<name>.corrupt-<time>` and rebuilt, so it cannot break later runs."""
+    path = Path(path)
+    if path.exists():
+        try:
+            return load(path)
+        except CORRUPT:
+            pass  # dealt with under the lock (another job may be replacing it right now)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if path.exists():
+            try:
+                return load(path)
+            except CORRUPT as err:
+                aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
+                os.replace(path, aside)
+                log.warning("cache entry %s is unreadable (%s: %s); moved aside to %s, rebuilding it", path,
+                            type(err).__name__, str(err).splitlines()[0] if str(err) else "", aside.name)
+        value = build()
+        save(path, value)
+        return value
 
 
 def fingerprint(data) -> str:

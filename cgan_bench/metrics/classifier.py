@@ -6,12 +6,11 @@ and its logits the role of Inception's logits (IS, class accuracy).
 """
 import torch
 import torch.nn.functional as F
-from filelock import FileLock
 from torch import nn
 
 from ..data import ImageData
 from ..io import atomic_torch_save
-from .cache import cache_key, cache_root, fingerprint
+from .cache import cache_key, cache_root, fingerprint, load_or_build
 
 
 class DomainClassifier(nn.Module):
@@ -70,18 +69,22 @@ def train_classifier(train: ImageData, test: ImageData, device, epochs: int = 30
 
 def load_or_train_classifier(train: ImageData, test: ImageData, device, epochs: int,
                              cache_dir: str | None = None) -> tuple[nn.Module, float]:
-    """The cached classifier for this dataset/resolution, trained on first use (one writer at a time)."""
+    """The cached classifier for this dataset/resolution, trained on first use (one writer at a time; an
+    existing entry is read without a lock, a corrupt one moved aside and retrained: cache.load_or_build)."""
     key = cache_key(dataset=train.name, split="train", count=len(train), resolution=train.resolution,
                     feature_space=f"classifier-e{epochs}")
     path = cache_root(cache_dir) / "classifiers" / f"{key}-{fingerprint(train)}.pt"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if path.exists():
-            state = torch.load(path, map_location=device, weights_only=True)
-            with torch.random.fork_rng(devices=[]):  # building the module must not move the run's RNG
-                model = DomainClassifier(train.n_classes).to(device)
-            model.load_state_dict(state["model"])
-            return model.eval().requires_grad_(False), state["test_accuracy"]
-        model, test_acc = train_classifier(train, test, device, epochs)
-        atomic_torch_save(path, {"model": model.state_dict(), "test_accuracy": test_acc, "key": key})
-        return model, test_acc
+
+    def load(p):  # on the CPU first: a damaged file must fail here, a full device must not look like one
+        state = torch.load(p, map_location="cpu", weights_only=True)
+        with torch.random.fork_rng(devices=[]):  # building the module must not move the run's RNG
+            model = DomainClassifier(train.n_classes)
+        model.load_state_dict(state["model"])
+        return model.to(device), float(state["test_accuracy"])
+
+    def save(p, trained):
+        model, test_acc = trained
+        atomic_torch_save(p, {"model": model.state_dict(), "test_accuracy": test_acc, "key": key})
+
+    model, test_acc = load_or_build(path, load, lambda: train_classifier(train, test, device, epochs), save)
+    return model.eval().requires_grad_(False), test_acc

@@ -4,11 +4,10 @@ import json
 from pathlib import Path
 
 import torch
-from filelock import FileLock
 
 from ..data import ImageData
 from ..io import atomic_torch_save, atomic_write_json
-from .cache import cache_key, cache_root, fingerprint
+from .cache import cache_key, cache_root, fingerprint, load_or_build
 from .compute import noise_floor
 from .feature_space import FeatureSpace
 
@@ -34,16 +33,22 @@ def load_or_compute_reference(space: FeatureSpace, data: ImageData, batch_size: 
                               cache_dir: str | None = None) -> dict:
     """{'features', 'logits', 'labels', 'probe'?} for every image of the real split (CPU tensors)."""
     path = reference_path(space, data, cache_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock"):
-        if path.exists():
-            return torch.load(path, weights_only=True)
+
+    def load(p):
+        ref = torch.load(p, map_location="cpu", weights_only=True)
+        needed = ("features", "logits", "labels") + (("probe",) if space.classify is None else ())
+        if not isinstance(ref, dict) or not all(k in ref for k in needed):
+            raise KeyError(f"{p} lacks one of {needed}")
+        return ref
+
+    def build():
         features, logits = space.extract(data.images, batch_size)
         ref = {"features": features, "logits": logits, "labels": data.labels.cpu(), "key": path.stem}
         if space.classify is None:
             ref["probe"] = fit_probe(features, ref["labels"], data.n_classes)
-        atomic_torch_save(path, ref)
         return ref
+
+    return load_or_build(path, load, build, atomic_torch_save)  # lock-free read; corrupt: aside and rebuilt
 
 
 def load_or_compute_noise_floor(space: FeatureSpace, data: ImageData, ref: dict, n_real: int, n_fake: int,
@@ -52,9 +57,6 @@ def load_or_compute_noise_floor(space: FeatureSpace, data: ImageData, ref: dict,
     (Inception-sized intra-FID costs minutes: one 2048-d matrix square root per class)."""
     base = reference_path(space, data, cache_dir)
     path = base.with_name(f"{base.stem}.floor-r{n_real}-f{n_fake}-k{kid_subset_size}.json")
-    with FileLock(str(path) + ".lock"):
-        if path.exists():
-            return json.loads(path.read_text())
-        floor = noise_floor(ref["features"], ref["labels"], data.n_classes, n_real, n_fake, kid_subset_size)
-        atomic_write_json(path, floor)
-        return floor
+    return load_or_build(path, lambda p: json.loads(p.read_text()),  # lock-free read; corrupt: aside, rebuilt
+                         lambda: noise_floor(ref["features"], ref["labels"], data.n_classes, n_real, n_fake,
+                                             kid_subset_size), atomic_write_json)

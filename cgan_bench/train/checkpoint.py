@@ -46,15 +46,30 @@ def save_checkpoint(folder: Path, state: dict) -> Path:
     return last
 
 
+class CheckpointUnreadable(ValueError):
+    """Checkpoints exist but none can be read (a user error: exit code 2). Training from iteration 0 instead
+    would silently throw the run away; the user decides (resume=false starts the directory over)."""
+
+
 def load_checkpoint(folder: Path, map_location="cpu") -> dict | None:
-    """The newest readable checkpoint (last.pt, else previous.pt with a warning), or None if there is none."""
+    """The newest readable checkpoint (last.pt, else previous.pt with a warning), or None if there is none.
+    Raises CheckpointUnreadable if checkpoint files exist but none of them is readable."""
     folder = Path(folder)
+    unreadable = []
     for name in (LAST, PREVIOUS):
         path = folder / name
         if not path.exists():
             continue
         try:
-            return torch.load(path, map_location=map_location, weights_only=True)
+            state = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as e:  # truncated or corrupt file
-            warnings.warn(f"checkpoint {path} is unreadable ({type(e).__name__}: {e}); trying an older one")
+            unreadable.append(f"{path} ({type(e).__name__})")
+            continue
+        if unreadable:
+            warnings.warn(f"checkpoint {unreadable[0]} is unreadable; continuing from the older {path}")
+        return state
+    if unreadable:
+        raise CheckpointUnreadable(
+            f"no readable checkpoint in {folder}: {' and '.join(unreadable)} cannot be read; rerun with "
+            f"resume=false to start this directory over (or restore a checkpoint there)")
     return None

@@ -31,11 +31,17 @@ class ResumeConfigMismatch(ValueError):
     """A run directory's checkpoint was made with a different config (a user error: exit code 2)."""
 
 
+class ResumePastBudget(ResumeConfigMismatch):
+    """The checkpoint is further than train.iterations (a user error: exit code 2). The run directory is left
+    exactly as it is, status.json included: what it holds (e.g. a completed longer run) is still true."""
+
+
 # Keys that may change between a run and its resumption: budgets, logging cadence, where things go.
 # train.precision is not one of them: the configured value (e.g. `auto`) must match to resume.
 RESUME_FREE_KEYS = {"resume", "device", "wandb", "sweep_name", "report_dir", "train.iterations", "train.log_every",
                     "train.sample_every", "train.checkpoint_every", "eval.batch_size", "eval.cache_dir",
-                    "eval.inception_weights", "dataset.root", "dataset.download"}
+                    "eval.inception_weights", "dataset.root", "dataset.download",
+                    "dataset.skip_bad_files"}  # skipping only ever drops files that a run without it refuses
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -140,14 +146,20 @@ class Trainer:
 
     def resume(self) -> bool:
         """Continue from the run directory's checkpoint; refuse if the run was trained with another config."""
-        state = load_checkpoint(self.run.checkpoints, map_location=self.device)
-        if state is None:
+        state = load_checkpoint(self.run.checkpoints, map_location=self.device)  # CheckpointUnreadable: refuse
+        if state is None:  # starting at 0: lines an attempt killed before its first checkpoint logged are stale
+            self.run.drop_metrics_after(0)
             return False
         changed = config_differences(state.get("config", {}), resume_relevant(self.cfg))
         if changed:
             raise ResumeConfigMismatch(
                 f"{self.run.path} holds a checkpoint trained with another config ({'; '.join(changed)}); rerun "
                 f"with resume=false to start this directory over, or choose another hydra.run.dir")
+        if state["iteration"] > self.cfg.train.iterations:
+            raise ResumePastBudget(
+                f"{self.run.path} holds a checkpoint at iteration {state['iteration']}, past "
+                f"train.iterations={self.cfg.train.iterations}; raise train.iterations to at least "
+                f"{state['iteration']} to continue it, or rerun with resume=false to start this directory over")
         self.load_state_dict(state)
         self.run.drop_metrics_after(self.iteration)
         return True
@@ -200,7 +212,8 @@ class Trainer:
 
     # ---- the loop ----------------------------------------------------------------------------
     def save_samples(self, name: str) -> None:
-        grid = class_grid(self.G, self.data.n_classes, self.cfg.model.z_dim, self.device, seed=self.cfg.seed + 1234,
+        grid = class_grid(self.G, self.data.n_classes, self.cfg.model.z_dim, self.device,
+                          seed=(self.cfg.seed + 1234) % 2**64,
                           channels_apart=bool(self.cfg.dataset.get("channels_apart", False)))
         save_png(grid, self.run.samples / f"{name}.png")
         if self.tracker is not None:
@@ -222,7 +235,7 @@ class Trainer:
         self.status("running", start_it, t0)
         bar = tqdm(total=t.iterations, initial=self.iteration, desc=f"{self.cfg.head.name}", unit="it",
                    dynamic_ncols=True, mininterval=1.0)
-        with PreemptionSignals() as preemption:
+        with PreemptionSignals() as preemption, bar:  # the bar is closed on any exit (its line ends before errors)
             while self.iteration < t.iterations:
                 losses = self.step()
                 self.iteration += 1
