@@ -75,9 +75,19 @@ def test_main_table_matches_independent_aggregation(sweep):
             mean, std = parse_cell(row[column])
             assert mean == pytest.approx(values.mean(), abs=0.51 * 10 ** -digits)
             assert std == pytest.approx(values.std(ddof=1), abs=0.51 * 10 ** -digits)
-    # the best FID is the lower mean, and it is the one in bold
+    # bold only where the best head beats the runner-up in a paired t-test over seeds (scipy, here)
+    from scipy import stats
+    fid_by_seed = {}
+    for run in sweep_dir.iterdir():
+        if (run / "status.json").exists() and json.loads((run / "status.json").read_text())["state"] == "completed":
+            cfg = (run / ".hydra" / "overrides.yaml").read_text()
+            key = (re.search(r"head=(\w+)", cfg).group(1), int(re.search(r"seed=(-?\d+)", cfg).group(1)))
+            fid_by_seed[key] = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][-1]["fid"]
     best = min(finals, key=lambda h: np.mean([x["fid"] for x in finals[h]]))
-    assert table[table["head"] == best].iloc[0]["digits FID"].startswith("**")
+    other = next(h for h in finals if h != best)
+    p = stats.ttest_rel([fid_by_seed[(best, s)] for s in (0, 1)], [fid_by_seed[(other, s)] for s in (0, 1)]).pvalue
+    assert table[table["head"] == best].iloc[0]["digits FID"].startswith("**") == bool(p < 0.05)
+    assert not table[table["head"] == other].iloc[0]["digits FID"].startswith("**")
 
 
 def test_extra_metrics_and_paired_comparison(sweep):
