@@ -1,5 +1,5 @@
-"""`python -m cgan_bench.bench [OVERRIDES] [--json] [--baseline] [--eval]`: how fast is a training step and an
-evaluation, and how close to the hardware's peak is it?
+"""`python -m cgan_bench.bench [OVERRIDES] [--json] [--baseline] [--eval] [--jobs N,M,...]`: how fast is a training
+step and an evaluation, and how close to the hardware's peak is it?
 
 Times `Trainer.step()` (one G update + n_dis D updates) per head on synthetic uint8 data resident on the
 device: warm-up excluded, device synchronised, median over repeats. FLOPs per iteration are counted with
@@ -8,10 +8,14 @@ torch.utils.flop_counter. `--baseline` also times a straightforward eager implem
 same process.
 Config overrides use Hydra syntax, e.g. `model=sngan train.n_dis=5 train.precision=bf16`. Rows report the
 resolved precision (`train.precision=auto` -> fp32 or bf16 for this device) and the configured one.
+`--jobs 1,2,4,8` also packs N concurrent training processes of the first head onto the same device (as a joblib
+sweep with more jobs than GPUs does) and reports each job's it/s, the aggregate, the speed-up over one job and, on
+CUDA, the memory per job (JSON key "packing"); on a CPU each job gets max(1, cores // N) torch threads.
 """
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 import time
@@ -195,6 +199,125 @@ def bench_eval(cfg, device, args, run_dir) -> dict:
             "features_img_per_s": batch / feat_s, "final_eval_s": time.perf_counter() - t0}
 
 
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def packing_worker(rank: int, n_jobs: int, overrides: list[str], device_str: str, n_classes: int, warmup: int,
+                   window_s: float, threads: int | None, run_dir: str, barrier, done, queue) -> None:
+    """One job of a packed sweep (a spawned process): build the Trainer, warm up, wait for every other job at
+    the barrier, then count steps in a window of `window_s` seconds. After its window it keeps stepping until
+    every job has finished its own, so each job's window is measured under the full load of N jobs."""
+    try:
+        if threads is not None:
+            torch.set_num_threads(threads)
+        torch.backends.cudnn.benchmark = True
+        device = torch.device(device_str)
+        cfg = make_config(overrides)
+        if device.type == "cuda":
+            if device.index is not None:
+                torch.cuda.set_device(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        data = synthetic_data(n_classes, cfg.dataset.resolution, device)
+        trainer = Trainer(cfg, data, RunDir(run_dir), device)
+        for _ in range(1 + warmup):  # the first step pays for compilation / cuDNN autotuning
+            trainer.step()
+        synchronize(device)
+        barrier.wait()
+        steps, t0 = 0, time.perf_counter()
+        while steps == 0 or time.perf_counter() - t0 < window_s:  # no per-step sync, as in real training
+            trainer.step()
+            steps += 1
+        synchronize(device)
+        seconds = time.perf_counter() - t0
+        row = {"rank": rank, "steps": steps, "seconds": seconds, "it_per_s": steps / seconds,
+               "threads": torch.get_num_threads()}
+        if device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(device)
+            row.update({"peak_mem_allocated_mib": torch.cuda.max_memory_allocated(device) / 2**20,
+                        "peak_mem_reserved_mib": torch.cuda.max_memory_reserved(device) / 2**20,
+                        "device_used_mib": (total - free) / 2**20})  # every process on the GPU, at window end
+        with done.get_lock():
+            done.value += 1
+        while done.value < n_jobs:  # keep the load on until the last job's window ends
+            trainer.step()
+            synchronize(device)
+        queue.put(("ok", row))
+    except BaseException:  # noqa: BLE001 - reported to the parent, which stops the other jobs
+        import traceback
+        barrier.abort()
+        queue.put(("error", f"job {rank}: {traceback.format_exc()}"))
+
+
+def run_packed(n_jobs: int, overrides: list[str], device: torch.device, args, run_dir: str) -> list[dict]:
+    """Start n_jobs spawned workers on `device`; return their rows (ordered by rank)."""
+    import multiprocessing as mp
+    import queue as queue_mod
+    ctx = mp.get_context("spawn")
+    barrier, done, results = ctx.Barrier(n_jobs), ctx.Value("i", 0), ctx.Queue()
+    threads = max(1, cpu_cores() // n_jobs) if device.type == "cpu" else None
+    procs = [ctx.Process(target=packing_worker, daemon=True,
+                         args=(rank, n_jobs, overrides, str(device), args.n_classes, args.warmup, args.pack_seconds,
+                               threads, os.path.join(run_dir, f"pack{n_jobs}_{rank}"), barrier, done, results))
+             for rank in range(n_jobs)]
+    for p in procs:
+        p.start()
+    rows = []
+    try:
+        while len(rows) < n_jobs:
+            try:
+                status, payload = results.get(timeout=2.0)
+            except queue_mod.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(f"a packing job died (exit code {dead[0].exitcode}) without reporting; "
+                                       f"out of memory?") from None
+                continue
+            if status == "error":
+                raise RuntimeError(f"packing with {n_jobs} jobs failed in {payload}")
+            rows.append(payload)
+        for p in procs:
+            p.join()
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+                p.join()
+    return sorted(rows, key=lambda r: r["rank"])
+
+
+def bench_packing(jobs: list[int], overrides: list[str], device: torch.device, args, run_dir: str) -> dict:
+    """Aggregate throughput of N concurrent training jobs sharing one device, for each N in `jobs` (1 always
+    included, the reference of the speed-up)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # this process's cached blocks would count against the workers
+    out = {"head": next(h for h in args.heads.split(",") if h), "window_s": args.pack_seconds,
+           "method": (f"N spawned processes, each one Trainer on {device}; warm-up ({args.warmup} steps after the "
+                      f"first), a barrier, then steps counted over a common {args.pack_seconds:g} s window (no "
+                      "per-step sync; the device synchronised at its end); each job keeps stepping until every "
+                      "job's window has ended; aggregate = sum of the jobs' it/s"),
+           "rows": []}
+    if device.type == "cpu":
+        out["method"] += f"; CPU: torch threads per job = max(1, {cpu_cores()} cores // N)"
+    overrides = [*overrides, f"head={out['head']}"]
+    for n in sorted({1, *jobs}):
+        per_job = run_packed(n, overrides, device, args, run_dir)
+        row = {"jobs": n, "threads_per_job": per_job[0]["threads"],
+               "per_job_it_per_s": [r["it_per_s"] for r in per_job],
+               "aggregate_it_per_s": sum(r["it_per_s"] for r in per_job), "per_job": per_job}
+        if device.type == "cuda":
+            row["peak_mem_per_job_mib"] = max(r["peak_mem_reserved_mib"] for r in per_job)
+            row["device_used_mib"] = per_job[0]["device_used_mib"]
+        out["rows"].append(row)
+    single = out["rows"][0]["aggregate_it_per_s"]
+    for row in out["rows"]:
+        row["speedup_vs_1_job"] = row["aggregate_it_per_s"] / single
+    return out
+
+
 def inception_space(cfg, device):
     """The real Inception extractor; without its weights file, the same architecture with random weights
     (throughput does not depend on the weight values), reported as such."""
@@ -231,12 +354,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline", action="store_true", help="also time a plain eager implementation")
     parser.add_argument("--eval", action="store_true", help="also time generation and feature extraction")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument("--jobs", default=None,
+                        help="comma-separated job counts, e.g. 1,2,4,8: also run N concurrent training processes of "
+                             "the first head on the same device and report per-job and aggregate it/s (packing)")
+    parser.add_argument("--pack-seconds", type=float, default=10.0, help="timed window of each packing measurement")
     args = parser.parse_intermixed_args(argv)
     try:
         cfg = make_config(args.overrides)
         device = resolve_device(str(cfg.device))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        jobs = [int(n) for n in args.jobs.split(",") if n.strip()] if args.jobs else []
+        if any(n < 1 for n in jobs) or (args.jobs and not jobs):
+            raise ValueError
+    except ValueError:
+        print(f"error: --jobs takes positive job counts separated by commas, not {args.jobs!r}", file=sys.stderr)
         return 2
     import tempfile
     torch.backends.cudnn.benchmark = True
@@ -252,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
             result["train"].append(bench_head(c, device, args, tmp))
         if args.eval:
             result["eval"] = bench_eval(cfg, device, args, tmp)
+        if jobs:
+            result["packing"] = bench_packing(jobs, args.overrides, device, args, tmp)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -263,6 +399,13 @@ def main(argv: list[str] | None = None) -> int:
         if "eval" in result:
             print()
             print(format_table([result["eval"]], list(result["eval"])))
+        if "packing" in result:
+            pack = result["packing"]
+            print(f"\npacking, head {pack['head']}: {pack['method']}")
+            rows = [{**r, "per_job_it_per_s": ", ".join(f"{v:.3g}" for v in r["per_job_it_per_s"])}
+                    for r in pack["rows"]]
+            print(format_table(rows, ["jobs", "threads_per_job", "per_job_it_per_s", "aggregate_it_per_s",
+                                      "speedup_vs_1_job", "peak_mem_per_job_mib", "device_used_mib"]))
     return 0
 
 

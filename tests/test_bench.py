@@ -1,7 +1,9 @@
 """The benchmark command prints every field (its speed is measured by people, not asserted here)."""
 import json
 
-from cgan_bench.bench import main
+import pytest
+
+from cgan_bench.bench import cpu_cores, main
 
 
 def run_bench(capsys, *args):
@@ -54,3 +56,24 @@ def test_compiled_step_is_timed_and_its_flops_counted_like_eager(capsys):
     assert compiled["compile"] is True and compiled["ms_per_it"] > 0
     assert compiled["gflop_per_it"] == eager["gflop_per_it"]  # counted on the same arithmetic, not on fused kernels
     assert compiled["first_it_s"] > compiled["ms_per_it"] / 1e3  # the first step pays for compilation
+
+
+def test_packing_runs_concurrent_jobs_and_sums_their_rates(capsys):
+    out = run_bench(capsys, "--heads", "projection", "--jobs", "1,2", "--pack-seconds", "0.5")
+    pack = out["packing"]
+    assert pack["head"] == "projection" and "threads per job" in pack["method"]  # CPU: threads split, and said
+    assert [r["jobs"] for r in pack["rows"]] == [1, 2]
+    for row in pack["rows"]:
+        assert len(row["per_job"]) == len(row["per_job_it_per_s"]) == row["jobs"]
+        rates = [job["steps"] / job["seconds"] for job in row["per_job"]]
+        assert all(rate > 0 for rate in rates) and row["per_job_it_per_s"] == pytest.approx(rates)
+        assert row["aggregate_it_per_s"] == pytest.approx(sum(rates))
+        assert row["threads_per_job"] == max(1, cpu_cores() // row["jobs"])
+    assert pack["rows"][0]["speedup_vs_1_job"] == 1.0
+    assert pack["rows"][1]["speedup_vs_1_job"] == pytest.approx(
+        pack["rows"][1]["aggregate_it_per_s"] / pack["rows"][0]["aggregate_it_per_s"])
+
+
+def test_bad_jobs_is_a_one_line_error(capsys):
+    assert main(["train=smoke", "--jobs", "0,2", "--json"]) == 2
+    assert "--jobs" in capsys.readouterr().err
