@@ -132,7 +132,13 @@ class Trainer:
         return {"G": self.G.state_dict(), "D": self.D.state_dict(), "opt_g": self.opt_g.state_dict(),
                 "opt_d": self.opt_d.state_dict(), "sched_g": self.sched_g.state_dict(),
                 "sched_d": self.sched_d.state_dict(), "iteration": self.iteration, "wall_s": self.wall_s,
-                "rng": rng_state(), "config": resume_relevant(self.cfg)}
+                "rng": rng_state(), "config": resume_relevant(self.cfg), "generator": self.generator_info()}
+
+    def generator_info(self) -> dict:
+        """What cgan_bench.load_generator needs to rebuild G without the dataset (plain types: weights_only)."""
+        return {"n_classes": int(self.data.n_classes), "class_names": [str(c) for c in self.data.class_names],
+                "resolution": int(self.cfg.dataset.resolution), "g_ch": int(self.cfg.model.g_ch),
+                "z_dim": int(self.cfg.model.z_dim)}
 
     def load_state_dict(self, state: dict) -> None:
         self.G.load_state_dict(state["G"])
