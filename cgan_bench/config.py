@@ -68,6 +68,8 @@ def validate(cfg: DictConfig) -> None:
     _check(t.loss in LOSSES, "train.loss", t.loss, f"one of {', '.join(LOSSES)}")
     _check(t.precision in ("auto", "fp32", "bf16", "tf32"), "train.precision", t.precision,
            "auto, fp32, bf16 or tf32")
+    _check(t.compile_mode in ("default", "reduce-overhead", "max-autotune"), "train.compile_mode", t.compile_mode,
+           "default, reduce-overhead or max-autotune (torch.compile's modes)")
     for key in ("compile", "channels_last"):
         _check(isinstance(t[key], bool), f"train.{key}", t[key], "true or false")
     _check(_is_num(t.max_abs_logit) and t.max_abs_logit > 0, "train.max_abs_logit", t.max_abs_logit, "a number > 0")

@@ -63,6 +63,21 @@ def test_compiled_step_trains_the_same_model(tmp_path):
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it really ran compiled graphs
     assert any(k.endswith("_u") for k in compiled[0])  # the power-iteration state is compared too
     assert_same_training(eager, compiled, tol=1e-3)
+    # the CUDA-graph mode (on a CPU it compiles without graphs): same training, and the mode reaches torch
+    calls = []
+    real_compile = torch.compile
+
+    def recording_compile(model, **kwargs):
+        calls.append(kwargs.get("mode"))
+        return real_compile(model, **kwargs)
+
+    torch.compile = recording_compile
+    try:
+        graphs = trained_state(tmp_path / "graphs", "train.compile=true", "train.compile_mode=reduce-overhead")
+    finally:
+        torch.compile = real_compile
+    assert calls == ["reduce-overhead", "reduce-overhead"]  # G and D
+    assert_same_training(eager, graphs, tol=1e-3)
 
 
 def test_power_iteration_op_is_torchs_power_method():

@@ -114,8 +114,11 @@ class Trainer:
         # recompilations until dynamo's limit silently falls back to eager.
         if t.compile:
             torch._dynamo.reset()
-        self.G_fast = torch.compile(self.G, dynamic=False) if t.compile else self.G
-        self.D_fast = torch.compile(self.D, dynamic=False) if t.compile else self.D
+        # compile_mode "reduce-overhead" adds CUDA graphs on a GPU (the step is launch-bound there: BENCHMARKS.md);
+        # on a CPU it compiles like "default".
+        mode = t.get("compile_mode", "default")
+        self.G_fast = torch.compile(self.G, dynamic=False, mode=mode) if t.compile else self.G
+        self.D_fast = torch.compile(self.D, dynamic=False, mode=mode) if t.compile else self.D
         fast = {"fused": True} if self.device.type == "cuda" else {}  # fused kernels on GPU; PyTorch default on CPU
         adam = dict(lr=t.lr, betas=(t.beta1, t.beta2), **fast)
         self.g_params = list(self.G.parameters())
