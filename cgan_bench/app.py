@@ -224,7 +224,28 @@ def main(cfg: DictConfig) -> float | None:
         # recorded as failed in status.json; keep the sweep (and its final report) going
         log.exception("job failed; the sweep continues")
         return None
+    if final is not None:
+        print(final_summary(final, Path(hc.runtime.output_dir)), file=sys.stderr)
     return None if final is None else final.get("fid")
+
+
+def final_summary(r: dict, run_dir: Path) -> str:
+    """The final evaluation in a few lines (stderr, beside the progress bar), each number with its yardstick."""
+    lines = [f"final evaluation at iteration {r['iteration']} ({r['feature_space']} space, {r['n_generated']} "
+             f"generated, FID on {r['n_real']} real vs {r['n_fake']} generated):",
+             f"  FID {r['fid']:.2f} (real vs real {r.get('floor_fid', float('nan')):.2f}) | intra-FID "
+             f"{r['intra_fid_mean']:.2f} (real vs real {r.get('floor_intra_fid_mean', float('nan')):.2f}) | "
+             f"KID x10^3 {1e3 * r['kid_mean']:.2f} ± {1e3 * r.get('kid_sem', float('nan')):.2f} | IS {r['is_mean']:.3f}",
+             f"  class accuracy {r['class_accuracy']:.3f} | precision {r['precision']:.3f} recall {r['recall']:.3f} | "
+             f"density {r.get('density', float('nan')):.3f} coverage {r.get('coverage', float('nan')):.3f} | "
+             f"collapsed classes {r['collapsed_classes']}"]
+    if "modes_covered_mean" in r:
+        lines.append(f"  modes covered per class {r['modes_covered_mean']:.1f}/100 (real {r['real_modes_covered_mean']:.1f}) | "
+                     f"total {r['modes_total']}/1000 (real {r['real_modes_total']}) | KL to uniform "
+                     f"{r['mode_kl_mean']:.3f} nats (real {r['real_mode_kl_mean']:.3f}) | mode-collapsed classes "
+                     f"{r['mode_collapsed_classes']}")
+    lines.append(f"  run directory: {run_dir}")
+    return "\n".join(lines)
 
 
 class RunDirWritable(Callback):
