@@ -259,3 +259,14 @@ def test_a_diverged_job_in_a_multirun_is_recorded_and_the_sweep_goes_on(tmp_path
     states = sorted(status_of(p.parent)["state"] for p in sweep.glob("*/status.json"))
     assert states == ["completed", "diverged"]
     assert (reports / "div" / "report.md").exists()
+
+
+def test_checkpoints_from_before_a_new_key_resume_only_with_its_old_behaviour():
+    """A key added to the configs later (train.compile_mode) is absent from older checkpoints: they resume when
+    the key has the value that reproduces the old behaviour, and are refused (naming the key) otherwise."""
+    from cgan_bench.train.loop import config_differences
+    saved = {"train.lr": 0.002, "train.compile": False}
+    assert config_differences(saved, {**saved, "train.compile_mode": "default"}) == []
+    changed = config_differences(saved, {**saved, "train.compile_mode": "reduce-overhead"})
+    assert changed == ["train.compile_mode: 'default' -> 'reduce-overhead'"]
+    assert config_differences(saved, {**saved, "train.lr": 0.001}) == ["train.lr: 0.002 -> 0.001"]

@@ -60,7 +60,13 @@ def resume_relevant(cfg) -> dict:
             if k not in RESUME_FREE_KEYS and k.split(".")[0] not in RESUME_FREE_KEYS}
 
 
+# Keys added to the configs after a checkpoint was written, with the value that reproduces the old behaviour:
+# a checkpoint without the key resumes when the current value is that one.
+ADDED_KEYS = {"train.compile_mode": "default", "dataset.channels_apart": False, "eval.mode_collapse_fraction": 0.5}
+
+
 def config_differences(saved: dict, current: dict) -> list[str]:
+    saved = {**{k: v for k, v in ADDED_KEYS.items() if k in current}, **saved}
     keys = sorted(set(saved) | set(current))
     return [f"{k}: {saved.get(k, '<unset>')!r} -> {current.get(k, '<unset>')!r}" for k in keys
             if saved.get(k, "<unset>") != current.get(k, "<unset>")]
