@@ -118,18 +118,94 @@ def check_against_data(cfg: DictConfig, n_train: int, n_classes: int) -> None:
            f"at least 2 per class ({2 * n_classes} for {n_classes} classes)")
 
 
-CHECKED_GROUPS = ("head", "dataset", "model", "train", "eval")
+CHECKED_GROUPS = ("head", "dataset", "model", "train", "eval")  # the packaged groups; a user's are checked too
+
+
+# ---- the config folders Hydra searches ----------------------------------------------------------------------
+# The packaged conf/ plus what the user adds the Hydra way: `--config-dir DIR` (`-cd DIR`) and
+# `hydra.searchpath=[file://DIR,DIR,pkg://module]` on the command line. The checks below read the same folders
+# as Hydra's loader, so a user's `dataset/mine.yaml` is an option and its keys are known.
+
+def _folder(entry: str) -> Path | None:
+    """A search-path entry as a folder: file://DIR or DIR (relative to the working directory, as Hydra reads it);
+    pkg://module where the module imports as a package folder; None otherwise (structured://, a missing module)."""
+    scheme, sep, rest = entry.partition("://")
+    if not sep:
+        return Path(entry)
+    if scheme == "file":
+        return Path(rest)
+    if scheme == "pkg":
+        try:
+            return Path(str(files(rest)))
+        except (ImportError, TypeError, ValueError):  # not importable (zipped or missing): Hydra reports it
+            return None
+    return None
+
+
+def user_config_dirs(argv: list[str]) -> list[Path]:
+    """The folders `--config-dir`/`-cd` and `hydra.searchpath=[...]` add (in argv's order). A missing
+    --config-dir is refused here (one line); a missing search-path entry is left to Hydra's warning."""
+    found, i = [], 0
+    while i < len(argv):
+        arg, value = argv[i], None
+        if arg in ("--config-dir", "-cd"):
+            value, i = (argv[i + 1] if i + 1 < len(argv) else None), i + 1
+        elif arg.startswith("--config-dir="):
+            value = arg.partition("=")[2]
+        elif arg.startswith("-cd") and not arg.startswith("-cd-"):
+            value = arg[3:].removeprefix("=")
+        elif arg.startswith("hydra.searchpath="):  # exactly Hydra's own test (a +/++ prefix is not honoured)
+            try:
+                from hydra.core.override_parser.overrides_parser import OverridesParser
+                entries = OverridesParser.create().parse_overrides([arg])[0].value()
+            except Exception:  # malformed: Hydra's parser reports it
+                entries = []
+            found += [f for f in map(_folder, entries if isinstance(entries, list) else []) if f is not None]
+        if value is not None:
+            if not Path(value).is_dir():
+                raise ConfigError(f"--config-dir={value} is not allowed: no such folder")
+            found.append(Path(value).absolute())
+        i += 1
+    return found
+
+
+def hydra_config_dirs() -> tuple[str, ...] | None:
+    """Inside a Hydra job: the folders of Hydra's own search path (hydra.runtime.config_sources) but Hydra's
+    internal one; None outside Hydra (then the packaged conf/ alone)."""
+    from hydra.core.hydra_config import HydraConfig
+    if not HydraConfig.initialized():
+        return None
+    sources = OmegaConf.select(HydraConfig.instance().cfg, "hydra.runtime.config_sources") or []
+    dirs = (_folder(f"{s.schema}://{s.path}") for s in sources if s.provider != "hydra")
+    return tuple(str(d) for d in dirs if d is not None and d.is_dir())
+
+
+def _roots(conf_dir, argv: list[str]) -> tuple[str, ...]:
+    """The packaged folder first, then the user's that exist (a missing search-path entry is Hydra's to report)."""
+    return tuple(dict.fromkeys([str(conf_dir), *(str(d) for d in user_config_dirs(argv) if d.is_dir())]))
+
+
+def group_options(roots, group: str) -> list[str]:
+    """The options of a config group across the folders (`<root>/<group>/*.yaml`); for `head`, the packaged
+    options only where a head of that name is registered (a user's head yaml names its head in head.name)."""
+    options = set()
+    for i, root in enumerate(roots):
+        found = {p.stem for p in (Path(root) / group).glob("*.yaml")}
+        options |= found & set(HEADS) if group == "head" and i == 0 else found
+    return sorted(options)
 
 
 def check_group_overrides(argv: list[str], conf_dir) -> None:
-    """`group=option[,option...]` on the command line must name existing options (and registered heads)."""
+    """`group=option[,option...]` (also `+group=...`) on the command line must name existing options (and
+    registered heads), in the packaged conf/ or a folder the user adds (--config-dir, hydra.searchpath)."""
+    roots = _roots(conf_dir, argv)
+    groups = {p.name for r in roots for p in Path(r).iterdir() if p.is_dir() and p.name != "hydra"}
     for arg in argv:
         key, sep, value = arg.partition("=")
-        if not sep or key not in CHECKED_GROUPS or any(f in value for f in ("(", "*", "$")):
+        key = key.lstrip("+")
+        if not sep or arg.startswith("-") or key not in groups or any(f in value for f in ("(", "*", "$")):
             continue
-        options = sorted(p.stem for p in (conf_dir / key).glob("*.yaml"))
-        if key == "head":
-            options = sorted(set(options) & set(HEADS))
+        options = group_options(roots, key)
         for choice in value.split(","):
             if choice not in options:
                 what = "registered heads are" if key == "head" else "choose one of"
@@ -140,21 +216,35 @@ def check_group_overrides(argv: list[str], conf_dir) -> None:
 FREE_SUBTREES = ("hydra",)
 
 
-@lru_cache(maxsize=None)
-def known_keys(conf_dir: str | None = None) -> frozenset[str]:
+def known_keys(conf_dir: str | tuple[str, ...] | None = None) -> frozenset[str]:
     """Every dotted key (folders and leaves) that some config file defines: conf/config.yaml plus every option
     of every group (conf/GROUP/*.yaml), each placed at its `# @package` (default: the group's name), so
-    `+sweep=...` (sweep_name) and `+adam=X` (train.*) keys are known, and so is `+key=value` for a known key."""
-    root = Path(conf_dir) if conf_dir else Path(str(files("cgan_bench.conf")))
+    `+sweep=...` (sweep_name) and `+adam=X` (train.*) keys are known, and so is `+key=value` for a known key.
+    `conf_dir`: a folder or a tuple of folders (the packaged one plus the user's); None: the folders of the
+    running Hydra job's search path, else the packaged conf/."""
+    if conf_dir is None:
+        conf_dir = hydra_config_dirs() or (str(files("cgan_bench.conf")),)
+    roots = (conf_dir,) if isinstance(conf_dir, (str, Path)) else conf_dir
+    return _known_keys(tuple(str(r) for r in roots))
+
+
+@lru_cache(maxsize=None)
+def _known_keys(roots: tuple[str, ...]) -> frozenset[str]:
     keys: set[str] = set()
-    for yaml in sorted(root.rglob("*.yaml")):
-        group = yaml.parent.relative_to(root).as_posix()
-        package = re.search(r"^#\s*@package\s+(\S+)", yaml.read_text(), re.MULTILINE)
-        package = package.group(1) if package else ("_global_" if group == "." else group)
-        package = "" if package == "_global_" else package.replace("_group_", group).replace("/", ".")
-        node = OmegaConf.to_container(OmegaConf.load(yaml), resolve=False) or {}
-        node.pop("defaults", None)
-        _add_paths(node, package, keys)
+    for root in map(Path, roots):
+        for yaml in sorted(root.rglob("*.yaml")):
+            group = yaml.parent.relative_to(root).as_posix()
+            try:
+                text = yaml.read_text()
+                node = OmegaConf.to_container(OmegaConf.create(text), resolve=False) or {}
+            except Exception:  # unreadable or not YAML: Hydra reports it if the file is ever used
+                continue
+            package = re.search(r"^#\s*@package\s+(\S+)", text, re.MULTILINE)
+            package = package.group(1) if package else ("_global_" if group == "." else group)
+            package = "" if package == "_global_" else package.replace("_group_", group).replace("/", ".")
+            if isinstance(node, dict):
+                node.pop("defaults", None)
+                _add_paths(node, package, keys)
     return frozenset(keys)
 
 
@@ -174,9 +264,9 @@ def _leaves(node, prefix: str = ""):
         yield prefix, node
 
 
-def check_known_keys(cfg: DictConfig) -> None:
+def check_known_keys(cfg: DictConfig, conf_dir=None) -> None:
     """A key no config file defines (`+train.iteration=5`, a typo under +) is read by nobody: refuse it."""
-    known = known_keys()
+    known = known_keys(conf_dir)
     tree = OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
     for path, value in _leaves(tree):
         parts = path.split(".")
@@ -185,12 +275,12 @@ def check_known_keys(cfg: DictConfig) -> None:
         ancestors = [".".join(parts[:i]) for i in range(1, len(parts))]
         if any(a in known and not any(k.startswith(a + ".") for k in known) for a in ancestors):
             continue  # a known leaf given a mapping: its own check reports the value
-        raise unknown_key(path, repr(value))
+        raise unknown_key(path, repr(value), conf_dir)
 
 
-def unknown_key(path: str, shown: str) -> ConfigError:
+def unknown_key(path: str, shown: str, conf_dir=None) -> ConfigError:
     """`path=shown is not allowed: ... (did you mean the closest known key?)`."""
-    known = known_keys()
+    known = known_keys(conf_dir)
     parts = path.split(".")
     leaves = sorted(k for k in known if not any(j.startswith(k + ".") for j in known) and not k.startswith("hydra."))
     close = difflib.get_close_matches(path, leaves, n=1, cutoff=0.6)
@@ -204,13 +294,15 @@ def unknown_key(path: str, shown: str) -> ConfigError:
 
 def check_key_overrides(argv: list[str], conf_dir) -> None:
     """`key=value`, `+key=value`, `++key=value` on the command line must name a key some config file defines
-    (Hydra would answer a typo with a multi-line error, and accept `+train.iteration=5` that nobody reads)."""
-    groups = {p.name for p in Path(conf_dir).iterdir() if p.is_dir()}
+    (Hydra would answer a typo with a multi-line error, and accept `+train.iteration=5` that nobody reads).
+    Keys of the user's folders (--config-dir, hydra.searchpath) are known too."""
+    roots = _roots(conf_dir, argv)
+    groups = {p.name for r in roots for p in Path(r).iterdir() if p.is_dir()}
     for arg in argv:
         key, sep, value = arg.partition("=")
         key = key.lstrip("+~")
         if not sep or arg.startswith("-") or not key or key in groups or any(c in key for c in "/@$"):
             continue
-        if key.split(".")[0] in FREE_SUBTREES or key in known_keys(str(conf_dir)):
+        if key.split(".")[0] in FREE_SUBTREES or key in known_keys(roots):
             continue
-        raise unknown_key(key, value)
+        raise unknown_key(key, value, roots)

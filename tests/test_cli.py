@@ -34,7 +34,7 @@ def check_run_dir(run_dir, iterations=2):
 
 def test_multirun_of_every_head_writes_the_contract(tmp_path):
     heads = ",".join(sorted(HEADS))
-    r = run_cli("-m", f"head={heads}", *SMOKE, f"hydra.sweep.dir={tmp_path}", f"report_dir={tmp_path / 'reports'}")
+    r = run_cli("-m", f"head={heads}", *SMOKE, f"hydra.sweep.dir={tmp_path}")  # its report: tmp_path/report
     assert r.returncode == 0, r.stderr[-3000:]
     run_dirs = sorted(p for p in tmp_path.iterdir() if p.is_dir() and (p / ".hydra").exists())
     assert len(run_dirs) == len(HEADS)

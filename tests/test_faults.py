@@ -251,14 +251,13 @@ def test_a_diverged_single_run_exits_3_with_its_reason(tmp_path):
 
 @pytest.mark.slow
 def test_a_diverged_job_in_a_multirun_is_recorded_and_the_sweep_goes_on(tmp_path):
-    sweep, reports = tmp_path / "sweep", tmp_path / "reports"
-    r = run_cli("-m", *SMOKE, "train.lr=1e30,2e-4", f"hydra.sweep.dir={sweep}", f"report_dir={reports}",
-                "sweep_name=div")
+    sweep = tmp_path / "sweep"
+    r = run_cli("-m", *SMOKE, "train.lr=1e30,2e-4", f"hydra.sweep.dir={sweep}", "sweep_name=div")
     assert r.returncode == 1, r.stderr[-2000:]  # the report's verdict: a job did not complete
     assert "run diverged" not in r.stderr and "did not complete" in r.stderr
     states = sorted(status_of(p.parent)["state"] for p in sweep.glob("*/status.json"))
     assert states == ["completed", "diverged"]
-    assert (reports / "div" / "report.md").exists()
+    assert (sweep / "report" / "report.md").exists()
 
 
 def test_checkpoints_from_before_a_new_key_resume_only_with_its_old_behaviour():

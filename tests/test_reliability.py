@@ -87,11 +87,11 @@ def test_sigterm_checkpoints_and_marks_preempted_then_resumes(tmp_path):
 
 
 def test_divergence_is_recorded_while_siblings_complete(tmp_path):
-    sweep, reports = tmp_path / "sweep", tmp_path / "reports"
+    sweep = tmp_path / "sweep"
     r = run_cli("-m", "train.lr=2e-4,1e10", *SMOKE, "train.iterations=6", "train.checkpoint_every=2",
-                f"hydra.sweep.dir={sweep}", f"report_dir={reports}", "sweep_name=div")
+                f"hydra.sweep.dir={sweep}", "sweep_name=div")
     assert r.returncode == 1  # the sweep reports a job that did not complete
-    runs = pd.read_csv(reports / "div" / "runs.csv")
+    runs = pd.read_csv(sweep / "report" / "runs.csv")
     assert sorted(runs["state"]) == ["completed", "diverged"]
     bad = runs[runs["state"] == "diverged"].iloc[0]
     assert "at iteration" in bad["reason"] and ("nan" in bad["reason"] or "d_real" in bad["reason"])
@@ -100,7 +100,7 @@ def test_divergence_is_recorded_while_siblings_complete(tmp_path):
     if state is not None:
         assert state["iteration"] < bad["iteration"]
         assert all(torch.isfinite(v).all() for v in state["D"].values() if v.is_floating_point())
-    assert "diverged" in (reports / "div" / "report.md").read_text()
+    assert "diverged" in (sweep / "report" / "report.md").read_text()
 
 
 def test_corrupt_last_checkpoint_falls_back_to_the_previous(tmp_path):
@@ -169,10 +169,10 @@ def test_parallel_launchers_complete_and_share_one_cache(launcher, tmp_path):
     cache = tmp_path / "cache"  # fresh: both jobs build the classifier and reference features concurrently
     extra = ["hydra.launcher.n_jobs=2"] if launcher == "joblib" else ["hydra.launcher.timeout_min=10"]
     r = run_cli("-m", "head=projection,concat", *SMOKE, f"hydra/launcher={launcher}", *extra,
-                f"hydra.sweep.dir={tmp_path / 'sweep'}", f"report_dir={tmp_path / 'reports'}", "sweep_name=par",
+                f"hydra.sweep.dir={tmp_path / 'sweep'}", "sweep_name=par",
                 env={"CGAN_BENCH_CACHE": str(cache)})
     assert r.returncode == 0, r.stderr[-3000:]
-    runs = pd.read_csv(tmp_path / "reports" / "par" / "runs.csv")
+    runs = pd.read_csv(tmp_path / "sweep" / "report" / "runs.csv")
     assert sorted(runs["head"]) == ["concat", "projection"] and set(runs["state"]) == {"completed"}
     references = list((cache / "reference").glob("*.pt"))
     classifiers = list((cache / "classifiers").glob("*.pt"))
@@ -194,8 +194,7 @@ def test_missing_inception_weights_stop_before_training_with_where_to_put_them(t
 
 
 def test_rerun_multirun_skips_completed_jobs(tmp_path):
-    args = ["-m", "head=projection,concat", *SMOKE, f"hydra.sweep.dir={tmp_path / 'sweep'}",
-            f"report_dir={tmp_path / 'reports'}"]
+    args = ["-m", "head=projection,concat", *SMOKE, f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     assert run_cli(*args).returncode == 0
     before = {p: p.stat().st_mtime_ns for p in (tmp_path / "sweep").glob("*/checkpoints/last.pt")}
     r = run_cli(*args)

@@ -19,12 +19,13 @@ from cgan_bench.report.__main__ import main as report_main
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
-    """2 heads x 2 seeds that complete, plus seed=-1 (a bad value) that must fail and be reported."""
+    """2 heads x 2 seeds that complete, plus seed=-1 (a bad value) that must fail and be reported. The report is
+    written to the sweep's own folder and published (copied) to reports/smoke_test."""
     root = tmp_path_factory.mktemp("sweep")
-    sweep_dir, report_dir = root / "multirun", root / "reports"
+    sweep_dir, published = root / "multirun", root / "reports" / "smoke_test"
     r = run_cli("-m", "head=projection,concat", "seed=0,1,-1", *SMOKE, "sweep_name=smoke_test",
-                f"hydra.sweep.dir={sweep_dir}", f"report_dir={report_dir}")
-    return sweep_dir, report_dir / "smoke_test", r
+                f"hydra.sweep.dir={sweep_dir}", f"report.publish={published}")
+    return sweep_dir, sweep_dir / "report", r
 
 
 def finals_by_head(sweep_dir: Path) -> dict[str, list[dict]]:
@@ -59,6 +60,9 @@ def test_multirun_exits_nonzero_but_reports_everything(sweep):
     assert "2 of 6 jobs did not complete" in r.stderr
     assert (report_dir / "report.md").exists()
     assert (sweep_dir / "report.md").resolve() == (report_dir / "report.md").resolve()
+    published = sweep_dir.parent / "reports" / "smoke_test"  # report.publish: a copy of the whole folder
+    assert sorted(p.name for p in published.iterdir()) == sorted(p.name for p in report_dir.iterdir())
+    assert (published / "report.md").read_text() == (report_dir / "report.md").read_text()
 
 
 def test_main_table_matches_independent_aggregation(sweep):
@@ -102,7 +106,7 @@ def test_extra_metrics_and_paired_comparison(sweep):
     fid_row = paired[(paired["head"] == "concat") & (paired["metric"] == "FID")].iloc[0]
     by_seed = {}
     for run in sweep_dir.iterdir():
-        if (run / "per_class.csv").exists():
+        if (run / ".hydra").exists() and (run / "per_class.csv").exists():  # a run (not the report folder)
             cfg = (run / ".hydra" / "overrides.yaml").read_text()
             head = re.search(r"head=(\w+)", cfg).group(1)
             seed = int(re.search(r"seed=(-?\d+)", cfg).group(1))
@@ -231,11 +235,11 @@ def test_each_sweep_job_gets_its_own_wandb_run(tmp_path):
     clean_env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
     sweep = tmp_path / "sweep"
     r = subprocess.run([sys.executable, "-m", "cgan_bench", "-m", "head=projection,concat", *SMOKE,
-                        "wandb.mode=offline", f"hydra.sweep.dir={sweep}", f"report_dir={tmp_path / 'reports'}"],
+                        "wandb.mode=offline", f"hydra.sweep.dir={sweep}"],
                        capture_output=True, text=True, env=clean_env, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     runs = {}
-    for run_dir in sorted(p for p in sweep.iterdir() if p.is_dir()):
+    for run_dir in sorted(p for p in sweep.iterdir() if p.is_dir() and (p / ".hydra").exists()):
         files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
         assert len(files) == 1, run_dir
         record = next(x.run for x in read_wandb_records(files[0]) if x.WhichOneof("record_type") == "run")
@@ -265,3 +269,77 @@ def test_protocol_names_the_training_precision(sweep):
     assert set(pd.read_csv(report_dir / "runs.csv")["train_precision"]) == {"fp32"}
     committed = Path(__file__).parents[1] / "reports" / "digits" / "report.md"  # train=quick: bf16
     assert list(markdown_table(committed.read_text(), "Protocol")["training precision"]) == ["bf16"]
+
+
+# ---- where reports land ------------------------------------------------------------------------------------
+
+def test_reports_live_with_their_sweep_and_never_replace_another_sweeps(tmp_path, monkeypatch, capsys):
+    """The default output is SWEEP/report (linked from SWEEP/report.md); --out onto another sweep's report is
+    refused (exit 2, one line, nothing written) unless --overwrite; the same sweep's report is refreshed."""
+    from cgan_bench.report.build import built_from
+    monkeypatch.chdir(tmp_path)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        assert report_main([name]) == 0
+        assert (tmp_path / name / "report.md").resolve() == (tmp_path / name / "report" / "report.md").resolve()
+    assert report_main(["a", "--out", "pub"]) == 0 and built_from(tmp_path / "pub") == tmp_path / "a"
+    assert report_main(["a", "--out", "pub"]) == 0  # the same sweep: refreshed
+    capsys.readouterr()
+    assert report_main(["b", "--out", "pub"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(err) == 1 and err[0].startswith("error: pub already holds the report of") and "--overwrite" in err[0]
+    assert built_from(tmp_path / "pub") == tmp_path / "a"
+    assert (tmp_path / "b" / "report.md").resolve() == (tmp_path / "b" / "report" / "report.md").resolve()
+    assert report_main(["b", "--out", "pub", "--overwrite"]) == 0 and built_from(tmp_path / "pub") == tmp_path / "b"
+    # the committed examples' layout: runs inside the report folder, rebuilt with --out as before
+    (tmp_path / "pub2" / "runs").mkdir(parents=True)
+    assert report_main(["pub2/runs", "--out", "pub2"]) == 0
+    assert report_main(["pub2/runs", "--out", "pub2"]) == 0
+    assert (tmp_path / "pub2" / "runs").is_dir() and built_from(tmp_path / "pub2") == tmp_path / "pub2" / "runs"
+    (tmp_path / "file").write_text("x")
+    assert report_main(["a", "--out", "file", "--overwrite"]) == 2
+
+
+def test_publish_copies_the_report_and_refuses_another_sweeps(tmp_path):
+    from omegaconf import OmegaConf
+    from cgan_bench.report.build import ReportExists, built_from, publish_report, write_report
+    from cgan_bench.report.callback import publish_target
+    for name in ("a", "b"):
+        write_report(tmp_path / name, tmp_path / name / "report", name)
+    target = tmp_path / "reports" / "same"
+    publish_report(tmp_path / "a", target)
+    assert (target / "report.md").read_text() == (tmp_path / "a" / "report" / "report.md").read_text()
+    (target / "notes.txt").write_text("mine")  # files that are no report's are never touched
+    with pytest.raises(ReportExists, match="report.overwrite=true"):
+        publish_report(tmp_path / "b", target)
+    assert built_from(target) == tmp_path / "a"
+    publish_report(tmp_path / "b", target, overwrite=True)
+    assert built_from(target) == tmp_path / "b" and (target / "notes.txt").read_text() == "mine"
+    cfg = OmegaConf.create({"report": {"publish": None, "overwrite": False}, "report_dir": None})
+    assert publish_target(cfg, "x") is None
+    assert publish_target(OmegaConf.merge(cfg, {"report": {"publish": "out/x"}}), "n") == Path("out/x")
+    assert publish_target(OmegaConf.merge(cfg, {"report_dir": "old"}), "n") == Path("old/n")  # deprecated alias
+
+
+@pytest.mark.slow
+def test_two_sweeps_with_the_same_name_keep_their_own_reports(tmp_path):
+    """Each sweep's report is in its own folder; publishing to the same place is refused (one warning line,
+    the exit code unchanged) until report.overwrite=true; nothing lands in ./reports unless asked."""
+    def sweep(name: str, *extra: str):
+        r = run_cli("-m", *SMOKE, "train.iterations=1", "sweep_name=same", f"hydra.sweep.dir={name}",
+                    "report.publish=published/same", *extra, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-3000:]
+        return r.stdout + r.stderr
+    from cgan_bench.report.build import built_from
+    sweep("first")
+    out = sweep("second")
+    assert not (tmp_path / "reports").exists()
+    for name in ("first", "second"):
+        md = (tmp_path / name / "report" / "report.md").read_text()
+        assert md.startswith("# cgan-bench report: same") and f"Sweep directory: `{name}`" in md
+        assert (tmp_path / name / "report.md").resolve() == (tmp_path / name / "report" / "report.md").resolve()
+    refused = [line for line in out.splitlines() if "report not published" in line]
+    assert len(refused) == 1 and "published/same already holds the report of" in refused[0], out[-3000:]
+    assert built_from(tmp_path / "published" / "same").name == "first"
+    sweep("second", "report.overwrite=true")  # its job is already completed: skipped, the report rebuilt
+    assert built_from(tmp_path / "published" / "same").name == "second"

@@ -1,23 +1,32 @@
-"""`python -m cgan_bench.report SWEEP_DIR [--out DIR]`: (re)build a sweep's report from its run directories."""
+"""`python -m cgan_bench.report SWEEP_DIR [--out DIR] [--overwrite]`: (re)build a sweep's report from its run
+directories, by default into the sweep's own `SWEEP_DIR/report/` (linked from `SWEEP_DIR/report.md`)."""
 import argparse
 import sys
 from pathlib import Path
 
-from .build import build_report
+from .build import OWN_FOLDER, ReportExists, write_report
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cgan_bench.report", description=__doc__)
     parser.add_argument("sweep_dir", type=Path, help="a Hydra multirun directory (or any folder of run directories)")
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: reports/<sweep name>)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="output folder (default: SWEEP_DIR/report); one holding another sweep's report is "
+                             "refused unless --overwrite")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the report of another sweep found in --out")
     parser.add_argument("--title", default=None, help="report title (default: the sweep folder's name)")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         print(f"error: {args.sweep_dir} is not a directory; pass the sweep folder (e.g. multirun/2026-...)",
               file=sys.stderr)
         return 2
-    out = args.out or Path("reports") / (args.title or args.sweep_dir.resolve().name)
-    report = build_report(args.sweep_dir, out, args.title)
+    out = args.out or args.sweep_dir / OWN_FOLDER
+    try:
+        report = write_report(args.sweep_dir, out, args.title, overwrite=args.overwrite)
+    except ReportExists as err:
+        print(f"error: {err}; nothing written", file=sys.stderr)
+        return 2
     print(report)
     return 0
 

@@ -1,5 +1,8 @@
 """Build the markdown report of a sweep directory: tables, plots and CSVs, written atomically."""
 import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -18,8 +21,10 @@ def _md(frame: pd.DataFrame, index: bool = False) -> str:
     return frame.to_markdown(index=index, floatfmt=".4g") + "\n"
 
 
-def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None) -> Path:
-    """Read every run under `sweep_dir`, write report.md + runs.csv/curves.csv/per_class.csv + PNGs to `out_dir`."""
+def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link: bool = True) -> Path:
+    """Read every run under `sweep_dir`, write report.md + runs.csv/curves.csv/per_class.csv + PNGs to `out_dir`
+    (in place; `write_report` is the safe way to (re)build a report folder). `link`: point `<sweep_dir>/report.md`
+    at it."""
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     frames = load_sweep(sweep_dir)
@@ -106,7 +111,8 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None) -> Pa
     atomic_write_text(out_dir / "per_class.csv", per_class.drop(columns=["column"], errors="ignore").to_csv(index=False))
     report = out_dir / "report.md"
     atomic_write_text(report, "\n".join(lines))
-    _link(sweep_dir / "report.md", report)
+    if link:
+        _link(sweep_dir / "report.md", report)
     return report
 
 
@@ -118,3 +124,101 @@ def _link(link: Path, target: Path) -> None:
     tmp.unlink(missing_ok=True)
     os.symlink(os.path.relpath(target.resolve(), link.parent.resolve()), tmp)
     os.replace(tmp, link)
+
+
+# ---- where a report may go --------------------------------------------------------------------------------
+# A report folder: report.md, the three CSVs and the PNGs named below. Writing one never replaces another
+# sweep's report without `overwrite` (report.overwrite=true, --overwrite); the same sweep's is refreshed.
+
+REPORT_NAMES = ("report.md", "runs.csv", "curves.csv", "per_class.csv")
+REPORT_PNGS = ("curves_*.png", "per_class_*.png", "samples_*.png", "morph_*.png")
+OWN_FOLDER = "report"  # every multirun writes <sweep dir>/report/, linked from <sweep dir>/report.md
+
+
+class ReportExists(Exception):
+    """The destination holds another sweep's report (or is no folder): one line, nothing written there."""
+
+
+def report_files(folder: Path) -> list[Path]:
+    """The files of a report in `folder` (report.md last, so a reader never sees it before its figures)."""
+    folder = Path(folder)
+    found = {p for pattern in REPORT_PNGS for p in folder.glob(pattern)}
+    found |= {folder / n for n in REPORT_NAMES}
+    return sorted((p for p in found if p.is_file() or p.is_symlink()), key=lambda p: (p.name == "report.md", p.name))
+
+
+def built_from(folder: Path) -> Path | None:
+    """The sweep directory the report in `folder` was built from (its `Sweep directory:` line, resolved from the
+    working directory), or None where there is no readable report.md."""
+    try:
+        head = (Path(folder) / "report.md").read_text(errors="replace")[:4000]
+    except OSError:
+        return None
+    found = re.search(r"^Sweep directory: `([^`]*)`", head, re.MULTILINE)
+    return Path(found.group(1)).resolve() if found else None
+
+
+def refusal(out_dir: Path, sweep_dir: Path, overwrite: bool, setting: str) -> str | None:
+    """Why `sweep_dir`'s report may not be written to `out_dir` (None: it may). A folder that holds no report,
+    the sweep's own folder (or one it lies in, e.g. reports/digits holding runs/) and a report built from the
+    same sweep are written; another sweep's report only with `setting` (the overwrite option's name)."""
+    out_dir, sweep = Path(out_dir), Path(sweep_dir).resolve()
+    if not out_dir.exists():
+        return None
+    if not out_dir.is_dir():
+        return f"{out_dir} exists and is not a folder"
+    if sweep.is_relative_to(out_dir.resolve()) or out_dir.resolve() == sweep / OWN_FOLDER or not report_files(out_dir):
+        return None
+    source = built_from(out_dir)
+    if source == sweep or overwrite:
+        return None
+    return (f"{out_dir} already holds the report of {source or 'another sweep'} "
+            f"({setting} replaces it)")
+
+
+def write_report(sweep_dir: Path, out_dir: Path, title: str | None = None, overwrite: bool = False,
+                 setting: str = "--overwrite") -> Path:
+    """(Re)build `sweep_dir`'s report into `out_dir`: built beside it, then moved in file by file, the old
+    report's files that the new one lacks removed (nothing else in the folder is touched). Raises ReportExists
+    where `refusal` says no. `<sweep_dir>/report.md` is linked to it unless that would take the link away from
+    the sweep's own report (`<sweep_dir>/report/`)."""
+    sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
+    reason = refusal(out_dir, sweep_dir, overwrite, setting)
+    if reason:
+        raise ReportExists(reason)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".building-") as tmp:
+        build_report(sweep_dir, Path(tmp), title, link=False)
+        _install(Path(tmp), out_dir, copy=False)
+    report = out_dir / "report.md"
+    own = sweep_dir / OWN_FOLDER
+    if out_dir.resolve() == own.resolve() or not (own / "report.md").exists():
+        _link(sweep_dir / "report.md", report)
+    return report
+
+
+def publish_report(sweep_dir: Path, target: Path, overwrite: bool = False,
+                   setting: str = "report.overwrite=true") -> Path:
+    """Copy the sweep's finished report folder (`<sweep_dir>/report/`) to `target` (the same rules as
+    write_report; ReportExists where they say no)."""
+    reason = refusal(Path(target), Path(sweep_dir), overwrite, setting)
+    if reason:
+        raise ReportExists(reason)
+    Path(target).mkdir(parents=True, exist_ok=True)
+    _install(Path(sweep_dir) / OWN_FOLDER, Path(target), copy=True)
+    return Path(target) / "report.md"
+
+
+def _install(src: Path, dst: Path, copy: bool) -> None:
+    new = report_files(src)
+    names = {p.name for p in new}
+    for old in report_files(dst):
+        if old.name not in names:
+            old.unlink()
+    for path in new:
+        if copy:
+            tmp = dst / f".{path.name}.tmp"
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, dst / path.name)
+        else:
+            os.replace(path, dst / path.name)

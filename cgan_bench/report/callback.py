@@ -2,6 +2,12 @@
 
 Hydra skips on_multirun_end when a job raises, so jobs record failures in their run directory and
 return instead of raising (see app.main); this callback then always runs.
+
+The report lives with its sweep: `<sweep dir>/report/` (report.md, CSVs, PNGs; `<sweep dir>/report.md` links
+to it), so two sweeps never share one. `report.publish=PATH` also copies the finished folder to PATH; where
+PATH holds another sweep's report and `report.overwrite` is false, that copy is refused with one warning line
+(at the start and at the end of the sweep) and the sweep's exit code is unchanged: it says whether the jobs
+completed, and the report is in the sweep directory either way.
 """
 import logging
 import sys
@@ -10,19 +16,48 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from .build import build_report
+from .build import OWN_FOLDER, ReportExists, publish_report, refusal, write_report
 from .collect import load_sweep
 
 log = logging.getLogger("cgan_bench")
 
 
+def publish_target(config: DictConfig, name: str) -> Path | None:
+    """report.publish, or the deprecated `report_dir=DIR` (= report.publish=DIR/<sweep name>)."""
+    report = config.get("report") or {}
+    if report.get("publish"):
+        return Path(str(report.get("publish"))).expanduser()
+    if config.get("report_dir"):
+        return Path(str(config.get("report_dir"))).expanduser() / name
+    return None
+
+
+OVERWRITE = "report.overwrite=true"
+
+
 class ReportOnMultirunEnd(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if config.get("report_dir"):
+            log.warning("report_dir is deprecated: use report.publish=PATH (the report always lands in %s)",
+                        sweep_dir / OWN_FOLDER)
+        target = publish_target(config, config.get("sweep_name") or sweep_dir.name)
+        reason = target and refusal(target, sweep_dir, bool((config.get("report") or {}).get("overwrite")), OVERWRITE)
+        if reason:
+            log.warning("report.publish: %s; this sweep's report will only be in %s", reason, sweep_dir / OWN_FOLDER)
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         name = config.get("sweep_name") or sweep_dir.name
-        out = Path(config.get("report_dir") or "reports") / name
-        report = build_report(sweep_dir, out, name)
+        report = write_report(sweep_dir, sweep_dir / OWN_FOLDER, name)
         log.info("report: %s (linked from %s)", report, sweep_dir / "report.md")
+        target = publish_target(config, name)
+        if target is not None:
+            try:
+                log.info("report published to %s", publish_report(
+                    sweep_dir, target, bool((config.get("report") or {}).get("overwrite")), OVERWRITE))
+            except ReportExists as err:
+                log.warning("report not published: %s; it is in %s", err, report.parent)
         runs = load_sweep(sweep_dir).runs
         bad = runs[runs["state"] != "completed"] if not runs.empty else runs
         if len(bad):

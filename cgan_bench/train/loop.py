@@ -38,9 +38,9 @@ class ResumePastBudget(ResumeConfigMismatch):
 
 # Keys that may change between a run and its resumption: budgets, logging cadence, where things go.
 # train.precision is not one of them: the configured value (e.g. `auto`) must match to resume.
-RESUME_FREE_KEYS = {"resume", "device", "wandb", "sweep_name", "report_dir", "train.iterations", "train.log_every",
-                    "train.sample_every", "train.checkpoint_every", "eval.batch_size", "eval.cache_dir",
-                    "eval.inception_weights", "dataset.root", "dataset.download",
+RESUME_FREE_KEYS = {"resume", "device", "wandb", "sweep_name", "report", "report_dir", "train.iterations",
+                    "train.log_every", "train.sample_every", "train.checkpoint_every", "eval.batch_size",
+                    "eval.cache_dir", "eval.inception_weights", "dataset.root", "dataset.download",
                     "dataset.skip_bad_files"}  # skipping only ever drops files that a run without it refuses
 
 
