@@ -79,7 +79,7 @@ def per_class_plot(per_class: pd.DataFrame, column: str, out: Path) -> Path | No
     order = means[means["head"] == ref].sort_values("intra_fid")["class"].tolist()
     pos = {c: i for i, c in enumerate(order)}
     width = 0.8 / len(heads)
-    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.4 * len(panels)))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12.5, 3.4 * len(panels)))
     for ax, (metric, label) in zip(axes, panels):
         for k, head in enumerate(heads):
             g = means[means["head"] == head]
@@ -98,8 +98,8 @@ def per_class_plot(per_class: pd.DataFrame, column: str, out: Path) -> Path | No
         ax.set_ylabel(label, fontsize=9)
         ax.grid(alpha=0.3, axis="y")
     axes[-1].set_xlabel(f"class (sorted by {ref}'s intra-FID)")
-    axes[0].legend(ncol=len(heads), fontsize=8)
-    axes[-1].legend(ncol=len(heads) + 1, fontsize=8)
+    for ax in axes:  # outside the axes, so no legend hides a bar or the ceiling
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0), borderaxespad=0)
     return _save(fig, f"{column}: per-class statistics (mean over seeds)", out / f"per_class_{_slug(column)}.png")
 
 

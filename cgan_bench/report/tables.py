@@ -121,7 +121,7 @@ def _best_heads(done: pd.DataFrame, agg: pd.DataFrame) -> set[tuple[str, str, st
 def fmt(mean: float, std: float, metric: str) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return ""
-    mean, std = mean * SCALE.get(metric, 1.0), (std or float("nan")) * SCALE.get(metric, 1.0)
+    mean, std = mean * SCALE.get(metric, 1.0), (float("nan") if std is None else std) * SCALE.get(metric, 1.0)
     digits = DIGITS.get(metric, 3)
     text = f"{mean:.{digits}f}"
     if std is not None and not math.isnan(std):
