@@ -28,7 +28,7 @@ from .io import atomic_write_text
 from .metrics.feature_space import WeightsMissingError, make_feature_space
 from .tracking import WandbTracker, resolve_mode
 from .train.checkpoint import CheckpointUnreadable
-from .train.loop import Diverged, Preempted, ResumeConfigMismatch, ResumePastBudget, Trainer
+from .train.loop import Diverged, Preempted, PreemptionSignals, ResumeConfigMismatch, ResumePastBudget, Trainer
 from .train.run_dir import RunDir
 from .train.run_lock import RunDirBusy, RunDirLock
 from .train.samples import morph_grid, save_png
@@ -107,6 +107,18 @@ def run_job(cfg: DictConfig, run_dir: Path, group: str = "single", job_num: int 
         raise refusal from err
 
 
+def final_evaluation(trainer: Trainer) -> dict:
+    """The final evaluation, preemptible like training: SIGTERM/SIGUSR1 stop it between generation batches,
+    the run is marked `preempted` (its last checkpoint is at the final iteration) and a rerun evaluates again."""
+    from .metrics.evaluator import EvaluationStopped
+    with PreemptionSignals() as preemption:
+        try:
+            return trainer.evaluator.evaluate(trainer.G, trainer.iteration, "final", stop=lambda: preemption.signal)
+        except EvaluationStopped:
+            trainer.status("preempted", reason=f"signal {preemption.signal.name} during the final evaluation")
+            raise Preempted(preemption.signal, preemption.previous_handler) from None
+
+
 def restore_files(run_dir: Path, files_: dict[str, str]) -> None:
     """Rewrite each file under run_dir whose text differs (best effort: never masks the job's own outcome)."""
     for name, text in files_.items():
@@ -154,7 +166,7 @@ def _run_job_locked(cfg: DictConfig, run_dir: Path, group: str, job_num: int) ->
         trainer.evaluator = Evaluator(e, space, real.to(device), run, device, cfg.model.z_dim, cfg.seed, tracker,
                                       held_out=test_data.to(device))
         trainer.fit()
-        final = trainer.evaluator.evaluate(trainer.G, trainer.iteration, "final")
+        final = final_evaluation(trainer)
         trainer.save_samples("final")
         if train_data.n_classes >= 2:
             save_png(morph_grid(trainer.G, 0, 1, train_data.n_classes, cfg.model.z_dim, device),

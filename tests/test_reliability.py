@@ -86,6 +86,39 @@ def test_sigterm_checkpoints_and_marks_preempted_then_resumes(tmp_path):
     assert r.returncode == 0 and json.loads((run_dir / "status.json").read_text())["state"] == "completed"
 
 
+@pytest.mark.slow
+def test_sigterm_during_the_final_evaluation_marks_preempted_then_rerun_evaluates(tmp_path):
+    """Slurm's SIGTERM can land in the final evaluation (minutes at the paper's protocol): the run says
+    `preempted` (not a stale `running` and exit 143), writes no partial evaluation, and a rerun evaluates."""
+    run_dir = tmp_path / "run"
+    args = [*SMOKE, "train.iterations=2", "eval.n_generated=50000", f"hydra.run.dir={run_dir}"]
+    proc = start_cli(*args)
+    wait_for_iteration(run_dir, 2, proc)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # the final checkpoint is the last thing training writes
+        try:
+            if torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["iteration"] == 2:
+                break
+        except (FileNotFoundError, RuntimeError, EOFError):
+            pass
+        time.sleep(0.05)
+    time.sleep(1)  # inside the 50000-image evaluation
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    assert "preempted by SIGTERM" in err and "Traceback" not in err
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "preempted" and "final evaluation" in status["reason"]
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert not [x for x in lines if x["phase"] == "final"] and not (run_dir / "per_class.csv").exists()
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [x["iteration"] for x in lines if x["phase"] == "final"] == [2]
+    assert [x["iteration"] for x in lines if x["phase"] == "train"] == [1, 2]  # training was not repeated
+
+
 def test_divergence_is_recorded_while_siblings_complete(tmp_path):
     sweep = tmp_path / "sweep"
     r = run_cli("-m", "train.lr=2e-4,1e10", *SMOKE, "train.iterations=6", "train.checkpoint_every=2",

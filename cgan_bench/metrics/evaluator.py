@@ -19,6 +19,10 @@ SOFTWARE = f"cgan-bench {__version__}, torch {torch.__version__}, torch-fidelity
 EVAL_NOISE_OFFSET = 7919  # evaluation noise seed = run seed + this, independent of the training RNG
 
 
+class EvaluationStopped(Exception):
+    """An evaluation was abandoned between batches (a preemption signal arrived); nothing was written."""
+
+
 class Evaluator:
     def __init__(self, eval_cfg, space: FeatureSpace, real: ImageData, run: RunDir, device, z_dim: int, seed: int,
                  tracker=None, held_out: ImageData | None = None):
@@ -61,8 +65,9 @@ class Evaluator:
         return features @ self.probe["weight"].T + self.probe["bias"]
 
     @torch.no_grad()
-    def generate_features(self, G, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Class-balanced samples from fixed noise (same z every evaluation of this run), embedded once."""
+    def generate_features(self, G, n: int, stop=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Class-balanced samples from fixed noise (same z every evaluation of this run), embedded once.
+        `stop()` is asked between batches; when it returns true, EvaluationStopped is raised (preemption)."""
         per_class = max(2, n // self.n_classes)
         labels = torch.arange(self.n_classes, device=self.device).repeat_interleave(per_class)
         g = torch.Generator(device=self.device).manual_seed((self.seed + EVAL_NOISE_OFFSET) % 2**64)
@@ -71,16 +76,21 @@ class Evaluator:
         G.eval()
         feats, logits = [], []
         for zb, yb in zip(z.split(self.cfg.batch_size), labels.split(self.cfg.batch_size)):
+            if stop is not None and stop():
+                G.train(was_training)
+                raise EvaluationStopped
             f, l = self.space.extract(to_uint8(G(zb, yb)), self.cfg.batch_size)
             feats.append(f)
             logits.append(l)
         G.train(was_training)
         return torch.cat(feats), torch.cat(logits), labels.cpu()
 
-    def evaluate(self, G, iteration: int, phase: str) -> dict:
+    def evaluate(self, G, iteration: int, phase: str, stop=None) -> dict:
+        """One evaluation appended to metrics.jsonl (and per_class.csv for the final one); `stop`: see
+        generate_features (nothing is written when it stops the evaluation)."""
         t0 = time.perf_counter()
         n = self.cfg.curve_generated if phase == "curve" else self.cfg.n_generated
-        feats, logits, labels = self.generate_features(G, n)
+        feats, logits, labels = self.generate_features(G, n, stop)
         fid_fake = feats[evenly_spaced(len(feats), min(self.cfg.n_fake, len(feats)))]  # class-balanced subset
         record = {"iteration": iteration, "phase": phase}
         record.update(overall_metrics(fid_fake, self.fid_real, logits, isc_splits=self.cfg.isc_splits,

@@ -279,7 +279,7 @@ class Trainer:
                     self.evaluator.evaluate(self.G, it, "curve")
                 if due_checkpoint:
                     self.checkpoint()
-                if preemption.signal is not None and not final:
+                if preemption.signal is not None:  # at the last iteration too: the evaluation is still to come
                     bar.close()
                     self.status("preempted", start_it, t0, f"signal {preemption.signal.name} at iteration {it}")
                     raise Preempted(preemption.signal, preemption.previous_handler)
