@@ -11,6 +11,7 @@ def run_bench(capsys, *args):
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow
 def test_bench_json_has_every_field(capsys):
     out = run_bench(capsys, "--baseline", "--eval")
     assert out["device"].startswith("cpu") and out["torch"] and "median" in out["method"]
@@ -28,6 +29,7 @@ def test_bench_json_has_every_field(capsys):
     assert ev["feature_space"] == "classifier"
 
 
+@pytest.mark.slow
 def test_flops_grow_with_discriminator_steps(capsys):
     one = run_bench(capsys)["train"][0]["gflop_per_it"]
     three = run_bench(capsys, "train.n_dis=3")["train"][0]["gflop_per_it"]
@@ -50,6 +52,7 @@ def test_eval_timing_without_inception_weights_uses_the_architecture_and_says_so
     assert features.shape == (2, 2048) and logits.shape == (2, 1008)
 
 
+@pytest.mark.slow
 def test_compiled_step_is_timed_and_its_flops_counted_like_eager(capsys):
     eager = run_bench(capsys, "--heads", "projection")["train"][0]
     compiled = run_bench(capsys, "--heads", "projection", "train.compile=true")["train"][0]
@@ -58,6 +61,7 @@ def test_compiled_step_is_timed_and_its_flops_counted_like_eager(capsys):
     assert compiled["first_it_s"] > compiled["ms_per_it"] / 1e3  # the first step pays for compilation
 
 
+@pytest.mark.slow
 def test_packing_runs_concurrent_jobs_and_sums_their_rates(capsys):
     out = run_bench(capsys, "--heads", "projection", "--jobs", "1,2", "--pack-seconds", "0.5")
     pack = out["packing"]

@@ -32,6 +32,7 @@ def check_run_dir(run_dir, iterations=2):
     assert grid.size[1] > grid.size[0] * 0.9  # 10 rows (classes) x 10 columns
 
 
+@pytest.mark.slow
 def test_multirun_of_every_head_writes_the_contract(tmp_path):
     heads = ",".join(sorted(HEADS))
     r = run_cli("-m", f"head={heads}", *SMOKE, f"hydra.sweep.dir={tmp_path}")  # its report: tmp_path/report
@@ -59,6 +60,7 @@ def test_unknown_head_fails_before_any_work_naming_the_heads(tmp_path):
     assert not (tmp_path / "b" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_resume_continues_at_the_saved_iteration(tmp_path):
     run_dir = tmp_path / "run"
     r = run_cli(*SMOKE, f"hydra.run.dir={run_dir}")
@@ -103,6 +105,7 @@ def test_curve_and_final_lines_carry_every_metric_and_protocol_field(tmp_path):
     assert list(per_class.columns[:len(PER_CLASS_COLUMNS)]) == PER_CLASS_COLUMNS and len(per_class) == 10
 
 
+@pytest.mark.slow
 def test_installed_wheel_runs_without_the_source_tree(tmp_path):
     import subprocess
     import sys

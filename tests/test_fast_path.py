@@ -53,6 +53,7 @@ def test_channels_last_trains_the_same_model(tmp_path):
                          trained_state(tmp_path, "train.channels_last=true"), tol=1e-4)
 
 
+@pytest.mark.slow
 def test_compiled_step_trains_the_same_model(tmp_path):
     """torch.compile of G and D: two D forwards per D step (real, fake) update the spectral-norm vectors in
     between; the compiled backward must still use the vectors of its own forward (it failed before

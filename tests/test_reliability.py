@@ -44,6 +44,7 @@ def final_metrics(run_dir: Path) -> dict:
     return {k: v for k, v in final[0].items() if k != "eval_s"}
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     r = run_cli(*LONG, f"hydra.run.dir={straight}")
@@ -70,6 +71,7 @@ def test_sigkill_then_resume_is_bitwise_identical_to_an_uninterrupted_run(tmp_pa
     assert [x["iteration"] for x in lines if x["phase"] == "train"] == list(range(5, 61, 5))
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_marks_preempted_then_resumes(tmp_path):
     run_dir = tmp_path / "run"
     proc = start_cli(*LONG, f"hydra.run.dir={run_dir}")
@@ -119,6 +121,7 @@ def test_sigterm_during_the_final_evaluation_marks_preempted_then_rerun_evaluate
     assert [x["iteration"] for x in lines if x["phase"] == "train"] == [1, 2]  # training was not repeated
 
 
+@pytest.mark.slow
 def test_divergence_is_recorded_while_siblings_complete(tmp_path):
     sweep = tmp_path / "sweep"
     r = run_cli("-m", "train.lr=2e-4,1e10", *SMOKE, "train.iterations=6", "train.checkpoint_every=2",
@@ -147,6 +150,7 @@ def test_corrupt_last_checkpoint_falls_back_to_the_previous(tmp_path):
     assert load_checkpoint(tmp_path / "nothing") is None
 
 
+@pytest.mark.slow
 def test_changed_config_is_refused_on_resume_unless_starting_over(tmp_path):
     run_dir = tmp_path / "run"
     assert run_cli(*SMOKE, f"hydra.run.dir={run_dir}").returncode == 0
@@ -197,6 +201,7 @@ def test_bad_input_is_one_line_naming_the_key_with_exit_code_2(overrides, key, t
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
 def test_parallel_launchers_complete_and_share_one_cache(launcher, tmp_path):
     cache = tmp_path / "cache"  # fresh: both jobs build the classifier and reference features concurrently
@@ -226,6 +231,7 @@ def test_missing_inception_weights_stop_before_training_with_where_to_put_them(t
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_rerun_multirun_skips_completed_jobs(tmp_path):
     args = ["-m", "head=projection,concat", *SMOKE, f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     assert run_cli(*args).returncode == 0

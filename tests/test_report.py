@@ -196,6 +196,7 @@ def history_rows(records) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_has_group_tags_metrics_and_images(tmp_path):
     run_dir = tmp_path / "run"
     clean_env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}  # let wandb.mode=offline decide
@@ -231,6 +232,7 @@ def test_wandb_offline_run_has_group_tags_metrics_and_images(tmp_path):
     assert "api_key" not in text.lower()
 
 
+@pytest.mark.slow
 def test_each_sweep_job_gets_its_own_wandb_run(tmp_path):
     clean_env = {k: v for k, v in os.environ.items() if k != "WANDB_MODE"}
     sweep = tmp_path / "sweep"

@@ -48,6 +48,12 @@ def test_load_generator_reads_the_checkpoint(run):
     assert info == {"n_classes": 10, "class_names": gen.class_names, "resolution": 16, "g_ch": 32, "z_dim": 128}
 
 
+def assert_same_image(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal up to a rounding flip of 1 (of 255) on at most 1% of the values."""
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert a.shape == b.shape and diff.max() <= 1 and (diff > 0).mean() <= 0.01, (diff.max(), (diff > 0).mean())
+
+
 def test_sample_reproduces_final_png(run, tmp_path):
     final = png(run / "samples" / "final.png")
     row = 16 + 2  # one row of the grid: 16 px images with 1 px padding above and below
@@ -59,12 +65,11 @@ def test_sample_reproduces_final_png(run, tmp_path):
     assert np.abs(alone.astype(int) - final[:row]).max() <= 1
     r = sample_cli(run, "--classes", "all", "--n", 10, "--out", tmp_path / "all.png")
     assert r.returncode == 0, r.stderr[-3000:]
-    out = png(tmp_path / "all.png")
-    np.testing.assert_array_equal(out[:row], final[:row])
-    np.testing.assert_array_equal(out, final)
+    # another process: the same images up to the last bit of rounding (oneDNN may pick other CPU kernels there)
+    assert_same_image(png(tmp_path / "all.png"), final)
     r = sample_cli(run, "--out", tmp_path / "default.png")  # default classes and seed: final.png's
     assert r.returncode == 0, r.stderr[-3000:]
-    np.testing.assert_array_equal(png(tmp_path / "default.png"), final)
+    assert_same_image(png(tmp_path / "default.png"), final)
     r = sample_cli(run, "--seed", 1, "--truncation", 0.5, "--out", tmp_path / "other.png")
     assert r.returncode == 0, r.stderr[-3000:]
     assert png(tmp_path / "other.png").shape == final.shape and not np.array_equal(png(tmp_path / "other.png"), final)

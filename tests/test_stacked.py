@@ -116,6 +116,7 @@ def test_mode_stats_against_a_hand_count():
 
 # ---- through the evaluator: real images and generators that fail in known ways -------------------------------
 
+@pytest.mark.slow
 def test_real_held_out_images_score_every_mode(tmp_path, space, data):
     _, test = data
     pool = {c: test.images[test.labels == c] for c in range(10)}  # a "generator" that is the test split
@@ -132,6 +133,7 @@ def test_real_held_out_images_score_every_mode(tmp_path, space, data):
     assert record["fid"] < 3 * record["floor_fid"] + 5
 
 
+@pytest.mark.slow
 def test_one_fixed_mode_per_class_is_counted_and_flagged(tmp_path, space, data):
     _, test = data
     codes = stacked_digits.stack_codes("test")
@@ -147,6 +149,7 @@ def test_one_fixed_mode_per_class_is_counted_and_flagged(tmp_path, space, data):
     assert record["collapsed_classes"] == 10 and all(r["near_duplicate_rate"] == 1.0 for r in rows)
 
 
+@pytest.mark.slow
 def test_a_generator_that_ignores_the_label_scores_chance_class_accuracy(tmp_path, space, data):
     _, test = data
     shuffled = test.images[torch.randperm(len(test), generator=torch.Generator().manual_seed(0))]
@@ -155,6 +158,7 @@ def test_a_generator_that_ignores_the_label_scores_chance_class_accuracy(tmp_pat
     assert abs(record["class_accuracy"] - 0.1) < 0.03
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 2, 3, 5, 10])
 def test_k_distinct_images_per_class_are_flagged_collapsed(tmp_path, space, data, k):
     _, test = data
@@ -166,6 +170,7 @@ def test_k_distinct_images_per_class_are_flagged_collapsed(tmp_path, space, data
 
 # ---- KID at the new subset size, and the noise floor ---------------------------------------------------------
 
+@pytest.mark.slow
 def test_kid_of_two_real_halves_straddles_zero(space, data):
     train, _ = data
     features, _ = space.extract(train.images[:4000], 1000)
@@ -178,6 +183,7 @@ def test_kid_of_two_real_halves_straddles_zero(space, data):
     assert compute.kid(fake_like, features[2000:], 1000)[0] > 10 * max(abs(v) for v in values)
 
 
+@pytest.mark.slow
 def test_noise_floor_uses_disjoint_halves_of_protocol_size(space, data):
     train, _ = data
     features, _ = space.extract(train.images[:3000], 1000)
