@@ -169,7 +169,8 @@ def _run_job_locked(cfg: DictConfig, run_dir: Path, group: str, job_num: int) ->
         final = final_evaluation(trainer)
         trainer.save_samples("final")
         if train_data.n_classes >= 2:
-            save_png(morph_grid(trainer.G, 0, 1, train_data.n_classes, cfg.model.z_dim, device),
+            save_png(morph_grid(trainer.G, 0, 1, train_data.n_classes, cfg.model.z_dim, device,
+                                channels_apart=bool(d.get("channels_apart", False))),
                      run.samples / "morph.png")
         trainer.status("completed")
         if tracker is not None:

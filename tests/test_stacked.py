@@ -195,3 +195,19 @@ def test_noise_floor_uses_disjoint_halves_of_protocol_size(space, data):
     small = compute.noise_floor(features, labels, 10, n_real=5000, n_fake=5000, kid_subset_size=1000)
     assert (small["floor_n_a"], small["floor_n_b"]) == (1500, 1500)  # not enough images: halves
     assert small["floor_fid"] > 0 and small["floor_intra_fid_mean"] > small["floor_fid"]
+
+
+def test_grids_can_show_the_channels_apart():
+    """Stacked digits' sample and morph grids show each image's red, green and blue digit side by side."""
+    from cgan_bench.models import Generator
+    from cgan_bench.train.samples import class_grid, morph_grid
+    G = Generator(10, 16, 8, z_dim=8)
+    for grid_fn in (lambda **k: class_grid(G, 10, 8, "cpu", **k), lambda **k: morph_grid(G, 0, 1, 10, 8, "cpu", **k)):
+        plain, apart = grid_fn(), grid_fn(channels_apart=True)
+        n_cols = (plain.shape[2] - 1) // 17  # 16 px images with 1 px padding
+        assert apart.shape[1] == plain.shape[1] and (apart.shape[2] - 1) // (3 * 16 + 1) == n_cols
+        first = apart[:, 1:17, 1:49]  # the first image: red part, green part, blue part
+        for c in range(3):
+            part = first[:, :, 16 * c:16 * (c + 1)]
+            assert (part[[k for k in range(3) if k != c]] == 0).all()  # only its own channel
+            assert torch.equal(part[c], plain[c, 1:17, 1:17])

@@ -52,7 +52,7 @@ def class_grid(G, n_classes: int, z_dim: int, device, n_cols: int = 10, seed: in
 
 @torch.no_grad()
 def morph_grid(G, class_a: int, class_b: int, n_classes: int, z_dim: int, device, n_z: int = 5, n_steps: int = 8,
-               seed: int = 1234):
+               seed: int = 1234, channels_apart: bool = False):
     """Category morphing: fixed z per row, the conditional-BN parameters mixed from class a to class b."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     z = torch.randn(n_z, z_dim, generator=g).to(device).repeat_interleave(n_steps, 0)
@@ -63,7 +63,7 @@ def morph_grid(G, class_a: int, class_b: int, n_classes: int, z_dim: int, device
     G.eval()
     images = to_uint8(G(z, w))
     G.train(was_training)
-    return make_grid(images.cpu(), n_steps)
+    return make_grid(split_channels(images.cpu()) if channels_apart else images.cpu(), n_steps)
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:
