@@ -7,6 +7,7 @@ and its logits the role of Inception's logits (IS, class accuracy).
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from ..data import ImageData
 from ..io import atomic_torch_save
@@ -46,23 +47,30 @@ def accuracy(model: nn.Module, data: ImageData, batch_size: int = 1000) -> float
 
 
 def train_classifier(train: ImageData, test: ImageData, device, epochs: int = 30, seed: int = 0) -> tuple[nn.Module, float]:
-    """Train on `train`, report held-out accuracy on `test`. Uses its own RNG, never the run's."""
+    """Train on `train`, report held-out accuracy on `test`. Uses its own RNG, never the run's.
+    A progress bar on stderr counts the steps (minutes on a fresh cache); its postfix is the epoch and the
+    last batch's loss (read back once per epoch)."""
     g = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = DomainClassifier(train.n_classes).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    for _ in range(epochs):
-        model.train()
-        order = torch.randperm(len(train), generator=g).to(train.labels.device)
-        for idx in order.split(128):
-            x = _augment(train.images[idx], g)
-            loss = F.cross_entropy(model(x)[1], train.labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sched.step()
+    batches = -(-len(train) // 128)
+    with tqdm(total=epochs * batches, desc=f"domain classifier ({train.name})", unit="step", dynamic_ncols=True,
+              mininterval=1.0) as bar:
+        for epoch in range(epochs):
+            model.train()
+            order = torch.randperm(len(train), generator=g).to(train.labels.device)
+            for idx in order.split(128):
+                x = _augment(train.images[idx], g)
+                loss = F.cross_entropy(model(x)[1], train.labels[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                bar.update(1)
+            sched.step()
+            bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{loss.item():.3f}")
     model.eval().requires_grad_(False)
     return model, accuracy(model, test)
 
@@ -86,5 +94,6 @@ def load_or_train_classifier(train: ImageData, test: ImageData, device, epochs: 
         model, test_acc = trained
         atomic_torch_save(p, {"model": model.state_dict(), "test_accuracy": test_acc, "key": key})
 
-    model, test_acc = load_or_build(path, load, lambda: train_classifier(train, test, device, epochs), save)
+    model, test_acc = load_or_build(path, load, lambda: train_classifier(train, test, device, epochs), save,
+                                    what=f"the domain classifier for {train.name} ({epochs} epochs)")
     return model.eval().requires_grad_(False), test_acc

@@ -42,13 +42,15 @@ def load_or_compute_reference(space: FeatureSpace, data: ImageData, batch_size: 
         return ref
 
     def build():
-        features, logits = space.extract(data.images, batch_size)
+        features, logits = space.extract(data.images, batch_size, progress=f"reference features ({space.name})")
         ref = {"features": features, "logits": logits, "labels": data.labels.cpu(), "key": path.stem}
         if space.classify is None:
             ref["probe"] = fit_probe(features, ref["labels"], data.n_classes)
         return ref
 
-    return load_or_build(path, load, build, atomic_torch_save)  # lock-free read; corrupt: aside and rebuilt
+    what = f"the reference features of {data.name} {data.split} ({len(data)} images, {space.name} space)" \
+        + ("" if space.classify is not None else " and its class-accuracy probe")
+    return load_or_build(path, load, build, atomic_torch_save, what)  # lock-free read; corrupt: aside, rebuilt
 
 
 def load_or_compute_noise_floor(space: FeatureSpace, data: ImageData, ref: dict, n_real: int, n_fake: int,
@@ -59,4 +61,5 @@ def load_or_compute_noise_floor(space: FeatureSpace, data: ImageData, ref: dict,
     path = base.with_name(f"{base.stem}.floor-r{n_real}-f{n_fake}-k{kid_subset_size}.json")
     return load_or_build(path, lambda p: json.loads(p.read_text()),  # lock-free read; corrupt: aside, rebuilt
                          lambda: noise_floor(ref["features"], ref["labels"], data.n_classes, n_real, n_fake,
-                                             kid_subset_size), atomic_write_json)
+                                             kid_subset_size), atomic_write_json,
+                         f"the real-vs-real noise floor ({n_real} vs {n_fake} images, FID/KID/intra-FID)")
