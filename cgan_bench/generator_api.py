@@ -16,7 +16,7 @@ import torch
 from .train.checkpoint import LAST, PREVIOUS, CheckpointUnreadable, load_checkpoint
 from .train.samples import grid_classes, make_grid, split_channels, to_uint8
 
-FINAL_SEED_OFFSET = 1234  # samples/final.png uses z drawn with seed = the run's seed + 1234 (mod 2**64)
+FINAL_SEED_OFFSET = 1234  # samples/final*.png use z drawn with seed = the run's seed + 1234 (mod 2**64)
 
 
 @dataclass
@@ -29,6 +29,9 @@ class LoadedGenerator:
     seed: int  # the run's seed
     checkpoint: Path  # the file the weights came from
     channels_apart: bool = False  # stacked digits: grids show the three channels side by side
+    head: str = "?"  # for figure titles: the run's head, dataset and the checkpoint's iteration
+    dataset: str = "?"
+    iteration: int | None = None
 
     @property
     def device(self) -> torch.device:
@@ -36,7 +39,7 @@ class LoadedGenerator:
 
     @property
     def final_seed(self) -> int:
-        """The z seed of samples/final.png."""
+        """The z seed of samples/final.png (and final_raw.png)."""
         return (self.seed + FINAL_SEED_OFFSET) % 2**64
 
     def final_classes(self) -> list[int]:
@@ -117,13 +120,14 @@ def load_generator(run_dir, device="cpu", checkpoint: str = "last") -> LoadedGen
         n_classes = state["G"]["blocks.0.bn1.gamma.weight"].shape[0]
         info = {"n_classes": n_classes, "class_names": [str(i) for i in range(n_classes)],
                 "resolution": cfg["dataset.resolution"], "g_ch": cfg["model.g_ch"], "z_dim": cfg["model.z_dim"]}
-    G = Generator(info["n_classes"], info["resolution"], info["g_ch"], info["z_dim"])
+    G = Generator(info["n_classes"], info["resolution"], info["g_ch"], info["z_dim"], mult=info.get("g_mult"))
     G.load_state_dict(state["G"])
-    # the run's memory format too: channels_last convolutions round differently, and final.png is matched exactly
+    # the run's memory format too: channels_last convolutions round differently, and final_raw.png is matched exactly
     memory_format = torch.channels_last if cfg.get("train.channels_last", False) else torch.contiguous_format
     G.to(device, memory_format=memory_format).eval()
     return LoadedGenerator(G, info["n_classes"], list(info["class_names"]), info["z_dim"], info["resolution"],
-                           int(cfg.get("seed", 0)), path, bool(cfg.get("dataset.channels_apart", False)))
+                           int(cfg.get("seed", 0)), path, bool(cfg.get("dataset.channels_apart", False)),
+                           str(cfg.get("head.name", "?")), str(cfg.get("dataset.name", "?")), state.get("iteration"))
 
 
 def sample_z(n: int, z_dim: int, seed: int, truncation: float | None = None) -> torch.Tensor:
@@ -156,5 +160,6 @@ def sample(gen: LoadedGenerator, classes, n: int, seed: int | None = None, trunc
 
 
 def sample_grid(gen: LoadedGenerator, images: torch.Tensor, n: int) -> torch.Tensor:
-    """uint8 (3, H', W') grid of `sample`'s output: one row per class, n columns (as samples/final.png)."""
+    """uint8 (3, H', W') pixel grid of `sample`'s output: one row per class, n columns (as samples/final_raw.png;
+    train.samples.class_grid_figure labels it, as samples/final.png)."""
     return make_grid(split_channels(images) if gen.channels_apart else images, n)

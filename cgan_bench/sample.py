@@ -1,11 +1,13 @@
-"""`python -m cgan_bench.sample RUN_DIR`: images from a trained generator, as one grid or one file per image."""
+"""`python -m cgan_bench.sample RUN_DIR`: images from a trained generator, as a labelled figure (like
+samples/final.png), a pixel grid (like samples/final_raw.png) or one file per image."""
 import argparse
 import sys
 from pathlib import Path
 
 EXAMPLES = """examples:
-  python -m cgan_bench.sample runs/RUN                    # the classes and z of samples/final.png -> samples.png
-  python -m cgan_bench.sample runs/RUN --classes 0,3,7 --n 16 --truncation 1.0 --out three.png
+  python -m cgan_bench.sample runs/RUN                    # samples/final.png again (classes, z, labels) -> samples.png
+  python -m cgan_bench.sample runs/RUN --classes 0,3,7 --n 16 --truncation 1.0 --out three.pdf
+  python -m cgan_bench.sample runs/RUN --format grid --out raw.png     # the pixel grid, like samples/final_raw.png
   python -m cgan_bench.sample runs/RUN --classes all --n 100 --format files --out generated/
 """
 
@@ -13,8 +15,9 @@ EXAMPLES = """examples:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m cgan_bench.sample", epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Sample a trained run's generator: a grid (rows = classes, the same "
-                                            "z down each column, like samples/final.png) or one PNG per image.")
+                                description="Sample a trained run's generator: a labelled figure (rows = classes, "
+                                            "the same z down each column, like samples/final.png), the pixel grid "
+                                            "alone (like samples/final_raw.png) or one PNG per image.")
     p.add_argument("run_dir", type=Path, help="the run directory (holds checkpoints/ and .hydra/)")
     p.add_argument("--classes", default=None,
                    help="comma-separated class names or indices, or 'all' (default: final.png's rows: every "
@@ -24,9 +27,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="z seed (default: the run's seed + 1234, the z of samples/final.png)")
     p.add_argument("--truncation", type=float, default=None,
                    help="truncation trick: redraw every z entry with |z| > T (default: plain N(0, I))")
-    p.add_argument("--format", choices=("grid", "files"), default="grid",
-                   help="grid: one PNG; files: CLASSNAME_i.png per image in the --out folder")
-    p.add_argument("--out", type=Path, default=None, help="output PNG (grid) or folder (files); default "
+    p.add_argument("--format", choices=("figure", "grid", "files"), default="figure",
+                   help="figure (default): the grid upscaled with class names and a title, PNG or PDF by --out's "
+                        "suffix; grid: the pixel grid as PNG; files: CLASSNAME_i.png per image in the --out folder")
+    p.add_argument("--out", type=Path, default=None, help="output file (figure, grid) or folder (files); default "
                                                           "samples.png / samples/ in the current directory")
     p.add_argument("--checkpoint", default="last", help="last (default; previous.pt if last.pt is unreadable), "
                                                         "previous, or a .pt file")
@@ -43,11 +47,17 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     from .generator_api import load_generator, sample, sample_grid
     from .train.checkpoint import CheckpointUnreadable
-    from .train.samples import save_png
+    from .train.samples import class_grid_figure, run_title, save_figure, save_png
     if args.n < 1:
         fail(f"--n must be at least 1, got {args.n}")
     if args.truncation is not None and not args.truncation > 0:
         fail(f"--truncation must be > 0, got {args.truncation}")
+    out = args.out or Path("samples" if args.format == "files" else "samples.png")
+    suffixes = {"figure": (".png", ".pdf"), "grid": (".png",)}.get(args.format)
+    if suffixes and out.is_dir():
+        fail(f"--out {out} is a folder; a {args.format} needs a file name (or use --format files)")
+    if suffixes and out.suffix.lower() not in suffixes:
+        fail(f"--out {out}: a {args.format} is written as {' or '.join(suffixes)}")
     try:
         gen = load_generator(args.run_dir, device=args.device, checkpoint=args.checkpoint)
         if args.classes is None:
@@ -59,14 +69,18 @@ def main(argv=None) -> None:
     except (FileNotFoundError, CheckpointUnreadable, ValueError) as e:
         fail(str(e))
     images = sample(gen, classes, args.n, seed=args.seed, truncation=args.truncation)
-    if args.format == "grid":
-        out = args.out or Path("samples.png")
-        if out.is_dir():
-            fail(f"--out {out} is a folder; a grid needs a file name (or use --format files)")
+    if suffixes:
         out.parent.mkdir(parents=True, exist_ok=True)
-        save_png(sample_grid(gen, images, args.n), out)
+        grid = sample_grid(gen, images, args.n)
+        if args.format == "grid":
+            save_png(grid, out)
+        else:
+            note = ", ".join(([f"z seed {args.seed}"] if args.seed is not None else []) +
+                             ([f"truncation {args.truncation:g}"] if args.truncation is not None else []))
+            save_figure(class_grid_figure(grid, gen.class_names, classes, args.n,
+                                          run_title(gen.head, gen.dataset, gen.iteration, gen.seed),
+                                          gen.channels_apart, note), out)
     else:
-        out = args.out or Path("samples")
         out.mkdir(parents=True, exist_ok=True)
         for k, image in enumerate(images):
             save_png(image, out / f"{gen.class_names[classes[k // args.n]]}_{k % args.n}.png")

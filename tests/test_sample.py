@@ -1,4 +1,5 @@
-"""Using a trained generator: cgan_bench.load_generator and `python -m cgan_bench.sample` reproduce final.png."""
+"""Using a trained generator: cgan_bench.load_generator and `python -m cgan_bench.sample` reproduce final.png
+(the labelled figure) and final_raw.png (its pixel grid)."""
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,7 @@ def test_load_generator_reads_the_checkpoint(run):
     assert (gen.n_classes, gen.class_names, gen.z_dim, gen.resolution, gen.seed) == \
            (10, [str(i) for i in range(10)], 128, 16, 0)
     assert gen.checkpoint == run / "checkpoints" / "last.pt" and not gen.G.training
+    assert (gen.head, gen.dataset, gen.iteration) == ("projection", "digits", 2)  # for the figures' titles
     info = torch.load(gen.checkpoint, weights_only=True)["generator"]
     assert info == {"n_classes": 10, "class_names": gen.class_names, "resolution": 16, "g_ch": 32, "z_dim": 128}
 
@@ -55,24 +57,30 @@ def assert_same_image(a: np.ndarray, b: np.ndarray) -> None:
 
 
 def test_sample_reproduces_final_png(run, tmp_path):
-    final = png(run / "samples" / "final.png")
+    raw = png(run / "samples" / "final_raw.png")  # the pixel grid; final.png is it upscaled and labelled
     row = 16 + 2  # one row of the grid: 16 px images with 1 px padding above and below
-    gen = cgan_bench.load_generator(run)  # the acceptance check: load_generator + sample -> final.png's first row
+    gen = cgan_bench.load_generator(run)  # the acceptance check: load_generator + sample -> final_raw.png's first row
     grid = sample_grid(gen, sample(gen, "all", 10), 10).permute(1, 2, 0).numpy()
-    np.testing.assert_array_equal(grid[:row], final[:row])
+    np.testing.assert_array_equal(grid[:row], raw[:row])
     # one class alone: the same z and images, up to float rounding (CPU kernels differ with the batch size)
     alone = sample_grid(gen, sample(gen, [0], 10), 10).permute(1, 2, 0).numpy()
-    assert np.abs(alone.astype(int) - final[:row]).max() <= 1
-    r = sample_cli(run, "--classes", "all", "--n", 10, "--out", tmp_path / "all.png")
+    assert np.abs(alone.astype(int) - raw[:row]).max() <= 1
+    r = sample_cli(run, "--classes", "all", "--n", 10, "--format", "grid", "--out", tmp_path / "all.png")
     assert r.returncode == 0, r.stderr[-3000:]
     # another process: the same images up to the last bit of rounding (oneDNN may pick other CPU kernels there)
-    assert_same_image(png(tmp_path / "all.png"), final)
-    r = sample_cli(run, "--out", tmp_path / "default.png")  # default classes and seed: final.png's
+    assert_same_image(png(tmp_path / "all.png"), raw)
+    # the default: the labelled figure, with final.png's classes, seed, labels and title
+    final = png(run / "samples" / "final.png")
+    r = sample_cli(run, "--out", tmp_path / "default.png")
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_image(png(tmp_path / "default.png"), final)
     r = sample_cli(run, "--seed", 1, "--truncation", 0.5, "--out", tmp_path / "other.png")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert png(tmp_path / "other.png").shape == final.shape and not np.array_equal(png(tmp_path / "other.png"), final)
+    other = png(tmp_path / "other.png")  # other images, and the title's second line says so: not final.png
+    assert other.shape[1] == final.shape[1] and not np.array_equal(other, final)
+    r = sample_cli(run, "--classes", "0,3", "--n", 4, "--out", tmp_path / "two.pdf")  # a figure as PDF
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "two.pdf").read_bytes().startswith(b"%PDF-")
 
 
 def test_files_format_writes_one_png_per_image(run, tmp_path):
@@ -93,6 +101,10 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path):
         assert r.returncode == 2, (args, r.stderr)
         assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "unknown class '42'" in sample_cli(run, "--classes", "42").stderr
+    for fmt, name in (("figure", "x.jpg"), ("grid", "x.pdf")):  # a file type the format cannot be
+        r = sample_cli(run, "--format", fmt, "--out", tmp_path / name)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "is written as" in r.stderr, r.stderr
+        assert not (tmp_path / name).exists()
     assert not (tmp_path / "x.png").exists()
 
 

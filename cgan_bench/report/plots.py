@@ -1,4 +1,5 @@
-"""The report's figures (matplotlib, Agg): curves over training, per-class bars, sample grids, morphing."""
+"""The report's figures (matplotlib, Agg): curves over training, per-class bars, sample grids, morphing.
+Each is written as NAME.png (linked from report.md) and NAME.pdf beside it (for a paper)."""
 import shutil
 from pathlib import Path
 
@@ -20,9 +21,11 @@ def _slug(text: str) -> str:
 
 
 def _save(fig, title: str, path: Path) -> Path:
+    """`path` (PNG) and the same figure as PDF beside it; returns the PNG's path."""
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    fig.savefig(path.with_suffix(".pdf"))
     plt.close(fig)
     return path
 
@@ -77,6 +80,7 @@ def per_class_plot(per_class: pd.DataFrame, column: str, out: Path) -> Path | No
     heads = _heads(means)
     ref = "projection" if "projection" in heads else heads[0]
     order = means[means["head"] == ref].sort_values("intra_fid")["class"].tolist()
+    order += sorted(set(means["class"]) - set(order))  # a class the reference head lacks: last, still one order
     pos = {c: i for i, c in enumerate(order)}
     width = 0.8 / len(heads)
     fig, axes = plt.subplots(len(panels), 1, figsize=(12.5, 3.4 * len(panels)))
@@ -104,14 +108,43 @@ def per_class_plot(per_class: pd.DataFrame, column: str, out: Path) -> Path | No
 
 
 def copy_run_images(done: pd.DataFrame, column: str, out: Path) -> dict[str, dict[str, Path]]:
-    """Final sample grid and morphing figure of each head's lowest-seed completed run."""
+    """The labelled final sample grid and morphing figure of each head's lowest-seed completed run, as
+    samples_COLUMN_HEAD.png/.pdf and morph_COLUMN_HEAD.png/.pdf. Runs write them (samples/final.png/.pdf,
+    morph.png/.pdf beside the pixel grids *_raw.png); a run from before the labelled figures (no final_raw.png:
+    its final.png and morph.png are pixel grids) is labelled here: class indices on the rows, morphing 0 -> 1."""
     images = {}
     for head, g in done[done["column"] == column].groupby("head"):
-        run = Path(g.sort_values("seed").iloc[0]["path"])
-        for kind, name in (("samples", "final.png"), ("morph", "morph.png")):
-            src = run / "samples" / name
-            if src.exists():
-                dst = out / f"{kind}_{_slug(column)}_{head}.png"
-                shutil.copyfile(src, dst)
-                images.setdefault(head, {})[kind] = dst
+        row = g.sort_values("seed").iloc[0]
+        run = Path(row["path"]) / "samples"
+        for kind, name in (("samples", "final"), ("morph", "morph")):
+            dst = out / f"{kind}_{_slug(column)}_{head}.png"
+            if (run / f"{name}_raw.png").exists() and (run / f"{name}.png").exists():
+                for suffix in (".png", ".pdf"):
+                    if (run / f"{name}{suffix}").exists():
+                        shutil.copyfile(run / f"{name}{suffix}", dst.with_suffix(suffix))
+            elif (run / f"{name}.png").exists():
+                _label_old_grid(run / f"{name}.png", kind, row, dst)
+            else:
+                continue
+            images.setdefault(head, {})[kind] = dst
     return images
+
+
+def _label_old_grid(src: Path, kind: str, run: pd.Series, dst: Path) -> None:
+    """A pixel grid of an older run as a labelled figure (dst .png and .pdf)."""
+    from ..train.samples import (GRID_COLS, MORPH_STEPS, MORPH_Z, class_grid_figure, grid_classes, morph_figure,
+                                 read_png, run_title, save_figure)
+    grid = read_png(src)
+    title = run_title(run["head"], run["dataset"], int(run["iteration"]), int(run["seed"]))
+    if kind == "morph":
+        save_figure(morph_figure(grid, "0", "1", title, MORPH_Z, MORPH_STEPS), dst, dst.with_suffix(".pdf"))
+        return
+    cell = int(run["resolution"]) + 1  # one image and its padding line
+    apart = (grid.shape[1] - 1) // GRID_COLS > cell  # stacked digits: each image 3x as wide
+    per_class = Path(run["path"]) / "per_class.csv"
+    n_rows = (grid.shape[0] - 1) // cell
+    classes = grid_classes(len(pd.read_csv(per_class)) if per_class.exists() else n_rows)
+    if len(classes) != n_rows:  # cannot tell which classes the rows are
+        classes = list(range(n_rows))
+    names = [str(c) for c in range(max(classes) + 1)]
+    save_figure(class_grid_figure(grid, names, classes, GRID_COLS, title, apart), dst, dst.with_suffix(".pdf"))
