@@ -209,7 +209,7 @@ def test_wandb_offline_run_has_group_tags_metrics_and_images(tmp_path):
     records = read_wandb_records(files[0])
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert run.run_group == "run" and run.job_type == "projection"
-    assert set(run.tags) == {"digits", "projection", "seed4"}
+    assert {"digits", "projection", "seed4", "train.iterations=3", "seed=4"} <= set(run.tags)
     history = history_rows(records)
     train = [h for h in history if "train/d_loss" in h]
     assert [h["iteration"] for h in train] == [1, 2, 3]
@@ -221,10 +221,10 @@ def test_wandb_offline_run_has_group_tags_metrics_and_images(tmp_path):
     assert final[0]["final/per_class"]["_type"] == "table-file" and final[0]["final/per_class"]["nrows"] == 10
     images = [h for h in history if "samples" in h]
     assert images and images[0]["samples"]["_type"] == "image-file"
-    pngs = list(run_dir.glob("wandb/offline-run-*/files/media/images/*.png"))
+    pngs = list(run_dir.glob("wandb/offline-run-*/files/media/images/samples_*.png"))
     assert pngs
     with Image.open(pngs[0]) as img:
-        assert img.size == Image.open(run_dir / "samples" / "final.png").size
+        assert img.size == Image.open(run_dir / "samples" / "final_raw.png").size  # W&B gets the pixel grid
     keys = {i.key for i in run.config.update}
     assert {"head", "train", "dataset", "seed"} <= keys
     text = "\n".join(p.read_text(errors="ignore") for p in run_dir.rglob("*") if p.is_file() and p.suffix in
@@ -261,16 +261,30 @@ def test_swept_settings_other_than_head_and_seed_are_kept_apart():
     same = [{"run": "0", "overrides": "head=projection seed=0 train=smoke"},
             {"run": "1", "overrides": "head=concat seed=1 train=smoke"}]
     assert variants(same) == {"0": "", "1": ""}
+    # where a run writes its report or logs is no setting: runs merged from two sweeps stay one variant
+    merged = [{"run": "0", "overrides": "head=tac seed=0 +sweep=stacked wandb.mode=disabled"},
+              {"run": "1", "overrides": "head=tac seed=1 +sweep=stacked report_dir=/tmp/r wandb.mode=offline"},
+              {"run": "2", "overrides": "head=tac seed=2 +sweep=stacked hydra.launcher.n_jobs=2 train.lr=0.1"}]
+    assert variants(merged) == {"0": "", "1": "", "2": "train.lr=0.1"}
 
 
 def test_protocol_names_the_training_precision(sweep):
     """bf16 changes numbers, so the protocol says which precision trained the runs (read from their configs)."""
     _, report_dir, _ = sweep
-    protocol = markdown_table((report_dir / "report.md").read_text(), "Protocol")
-    assert list(protocol["training precision"]) == ["fp32"]  # train=smoke inherits train=paper's fp32
+    md = (report_dir / "report.md").read_text()
+    assert markdown_table(md, "Protocol").columns[0] == "setting"  # key/value rows, one column per dataset
+    assert protocol_values(md, "training precision") == ["fp32"]  # train=smoke inherits train=paper's fp32
     assert set(pd.read_csv(report_dir / "runs.csv")["train_precision"]) == {"fp32"}
     committed = Path(__file__).parents[1] / "reports" / "digits" / "report.md"  # train=quick: bf16
-    assert list(markdown_table(committed.read_text(), "Protocol")["training precision"]) == ["bf16"]
+    assert protocol_values(committed.read_text(), "training precision") == ["bf16"]
+
+
+def protocol_values(md: str, setting: str) -> list[str]:
+    """One setting of the Protocol table, one value per dataset column."""
+    table = markdown_table(md, "Protocol")
+    if table.columns[0] == "setting":  # key/value rows
+        return list(table.set_index("setting").loc[setting])
+    return list(table[setting])  # a committed report built before the key/value layout: one row per dataset
 
 
 # ---- where reports land ------------------------------------------------------------------------------------

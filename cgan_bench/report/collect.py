@@ -14,7 +14,7 @@ RUN_KEYS = ["run", "dataset", "head", "seed"]
 
 @dataclass
 class SweepFrames:
-    runs: pd.DataFrame  # one row per run: identity, status, final metrics and protocol
+    runs: pd.DataFrame  # one row per run: identity, status, final metrics and protocol (best_*: the best checkpoint)
     curves: pd.DataFrame  # one row per evaluation (phase curve/final) per run
     per_class: pd.DataFrame  # final per-class metrics, one row per class per run
     expected_jobs: int | None  # from multirun.yaml, when it can be read
@@ -70,10 +70,15 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
            # fp32/bf16); runs from before it was recorded fall back to the configured value.
            "train_precision": status.get("train_precision") or train.get("precision", "fp32"),
            "model_g_ch": (cfg.get("model") or {}).get("g_ch"), "model_d_ch": (cfg.get("model") or {}).get("d_ch"),
-           "resolution": (cfg.get("dataset") or {}).get("resolution"), "path": str(run_dir)}
+           "resolution": (cfg.get("dataset") or {}).get("resolution"),
+           "val_fraction": (cfg.get("dataset") or {}).get("val_fraction"), "path": str(run_dir)}
     if finals:
         final = max(finals, key=lambda r: r["iteration"])
         row.update({k: v for k, v in final.items() if k not in ident and k not in ("phase", "iteration")})
+    bests = [r for r in lines if r.get("phase") == "best"]
+    if finals and bests:  # the best curve checkpoint under the final protocol: best_<key> beside each final <key>
+        row.update({k if k.startswith("best_") else f"best_{k}": v for k, v in bests[-1].items()
+                    if k not in ident and k not in ("phase", "iteration")})
     per_class = []
     if (run_dir / "per_class.csv").exists() and finals:
         try:
@@ -84,14 +89,23 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
 
 
 IDENTITY_OVERRIDES = ("head", "seed", "dataset")
+# Overrides that change where things are written or shown, not what a run computes: never a variant.
+NEUTRAL_OVERRIDES = ("wandb", "report", "report_dir", "sweep_name", "resume", "hydra", "figures", "eval.cache_dir",
+                     "eval.batch_size", "eval.inception_weights", "dataset.root", "dataset.path")
+
+
+def _neutral(key: str) -> bool:
+    key = key.lstrip("+~")
+    return any(key == k or key.startswith(k + ".") for k in NEUTRAL_OVERRIDES)
 
 
 def variants(rows: list[dict]) -> dict[str, str]:
     """run -> the overrides that differ between runs other than head/seed/dataset (e.g. `+adam=B`), so that
-    runs with different settings are never averaged as if they were seeds."""
+    runs with different settings are never averaged as if they were seeds (where a run writes its report or logs,
+    NEUTRAL_OVERRIDES, is no setting)."""
     parsed = {r["run"]: dict(o.partition("=")[::2] for o in r.get("overrides", "").split() if "=" in o)
               for r in rows}
-    keys = {k for p in parsed.values() for k in p if k.lstrip("+~") not in IDENTITY_OVERRIDES}
+    keys = {k for p in parsed.values() for k in p if k.lstrip("+~") not in IDENTITY_OVERRIDES and not _neutral(k)}
     varying = sorted(k for k in keys if len({p.get(k) for p in parsed.values()}) > 1)
     return {run: " ".join(f"{k}={p[k]}" for k in varying if k in p) for run, p in parsed.items()}
 

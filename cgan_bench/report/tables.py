@@ -107,8 +107,9 @@ def _best_heads(done: pd.DataFrame, agg: pd.DataFrame) -> set[tuple[str, str, st
             continue
         ranked = g.assign(score=_score(metric, g["mean"])).sort_values("score", ascending=False)
         top, runner_up = ranked.iloc[0], ranked.iloc[1]
-        if np.isclose(top["score"], runner_up["score"]):
-            continue
+        if np.isclose(top["score"], runner_up["score"]) or \
+                fmt(top["mean"], float("nan"), metric) == fmt(runner_up["mean"], float("nan"), metric):
+            continue  # a tie, or a difference the table's digits do not show
         runs = done[done["column"] == column]
         values = {h: _score(metric, runs[runs["head"] == h].set_index("seed")[metric].dropna().astype(float))
                   for h in (top["head"], runner_up["head"])}
@@ -156,6 +157,8 @@ def metric_table(done: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
 
 def mode_table(done: pd.DataFrame) -> pd.DataFrame:
     """Exact mode counts per head (stacked digits), with the real held-out images' values as a last row."""
+    if "modes_covered_mean" not in done or done["modes_covered_mean"].isna().all():
+        return pd.DataFrame()  # no dataset with countable modes here (class acc. alone is in the next table)
     table = metric_table(done, MODE_METRICS)
     if table.empty or "real_modes_covered_mean" not in done:
         return table
@@ -186,6 +189,38 @@ def noise_floor_table(done: pd.DataFrame) -> pd.DataFrame:
                      "intra-FID (class halves)": fmt(f["floor_intra_fid_mean"], float("nan"), "intra_fid_mean"),
                      "KID ×10³ ± s.e.": fmt(f["floor_kid_mean"], f["floor_kid_sem"], "kid_mean")})
     return pd.DataFrame(rows)
+
+
+BEST_METRICS = ["fid", "is_mean", "intra_fid_mean"]  # final and best checkpoint side by side
+
+
+def best_vs_final_table(done: pd.DataFrame) -> pd.DataFrame:
+    """The final generator against the best curve checkpoint (eval.best_metric; collect's best_* columns), both
+    evaluated with the final protocol, each in its own column: mean ± std over the seeds that kept a best
+    checkpoint. Empty where no run kept one (eval.best_metric=null, run directories from before best.pt)."""
+    if done.empty or "best_iteration" not in done:
+        return pd.DataFrame()
+    have = done[done["best_iteration"].notna()]
+    rows = []
+    for (column, head), g in have.groupby(["column", "head"]):
+        row = {"dataset": column, "head": head, "seeds": g["seed"].nunique(),
+               "chosen by (curve)": _unique(g["best_metric"])}
+        for m in BEST_METRICS:
+            if m not in g or f"best_{m}" not in g:
+                continue
+            for label, key in (("final", m), ("best", f"best_{m}")):
+                v = g[key].dropna().astype(float)
+                row[f"{LABELS[m]} {label}"] = fmt(v.mean(), v.std(ddof=1) if len(v) > 1 else float("nan"), m)
+        it = g["best_iteration"].astype(float)
+        row["best iteration"] = f"{it.mean():.0f}" + (f" ± {it.std(ddof=1):.0f}" if len(it) > 1 else "")
+        row["of"] = _unique_int(g["total_iterations"])
+        row["best = final"] = f"{int(g['best_is_final'].eq(True).sum())} of {len(g)}"
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    if out.empty:
+        return out
+    return out.sort_values(["dataset", "head"], key=lambda c: head_sort_key(c) if c.name == "head" else c,
+                           ignore_index=True)
 
 
 def holm(p_values: list[float]) -> list[float]:
@@ -238,8 +273,35 @@ def paired_vs_projection(done: pd.DataFrame, metrics=tuple(VERDICT_METRICS)) -> 
                 rows.append({"dataset": column, "metric": LABELS[m], "head": head, "pairs": n,
                              "difference": mean, "ci_low": mean - half, "ci_high": mean + half,
                              "p_holm": adjusted, "effect_dz": mean / sd if sd and sd > 0 else float("nan"),
-                             "reference": reference, "verdict": _verdict(m, mean, adjusted, n)})
+                             "reference": reference, "verdict": _verdict(m, mean, adjusted, n), "_metric": m})
     return pd.DataFrame(rows)
+
+
+UNIT_COLUMNS = ("difference", "ci_low", "ci_high", "reference")  # in the metric's units
+SIGNIFICANT_COLUMNS = ("p_holm", "effect_dz")  # unitless, 4 significant digits
+
+
+def format_paired(paired: pd.DataFrame) -> pd.DataFrame:
+    """The paired table as text: its rows are different metrics, so the columns in a metric's units use that
+    metric's digits plus one (one format per metric within a column); p and d_z: 4 significant digits (#.4g)."""
+    if paired.empty:
+        return paired
+    out = paired.drop(columns="_metric").astype(object)
+    for i, m in zip(paired.index, paired["_metric"]):
+        digits = DIGITS.get(m, 3) + 1
+        for c in UNIT_COLUMNS:
+            out.at[i, c] = num(paired.at[i, c], f".{digits}f")
+        for c in SIGNIFICANT_COLUMNS:
+            out.at[i, c] = num(paired.at[i, c], "#.4g")
+        out.at[i, "pairs"] = num(paired.at[i, "pairs"], "d")
+    return out
+
+
+def num(value, spec: str) -> str:
+    """One number as text in `spec` ('.2f', '.4g', 'd'); empty for a missing value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return ""
+    return format(int(value) if spec == "d" else float(value), spec)
 
 
 def _one_sample_p(d: pd.Series) -> float:
@@ -265,29 +327,97 @@ def status_table(runs: pd.DataFrame) -> pd.DataFrame:
     cols = ["run", "dataset", "head", "seed", "state", "iteration", "total_iterations", "wall_s", "it_per_s", "reason"]
     out = runs[[c for c in cols if c in runs]].copy()
     out["reason"] = out["reason"].fillna("").astype(str).str.slice(0, 120)
-    return out.sort_values(["dataset", "head", "seed"], key=lambda s: s.astype(str))
+    out = out.sort_values(["dataset", "head", "seed"], key=lambda s: s.astype(str))
+    formats = {"seed": "d", "iteration": "d", "total_iterations": "d", "wall_s": ".1f", "it_per_s": ".2f"}
+    for c, spec in formats.items():
+        if c in out:
+            out[c] = [num(v, spec) for v in out[c]]
+    return out.astype(object).where(out.notna(), "")
 
 
 def protocol_card(done: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per column group: what was measured and how."""
-    rows = []
+    """What was measured and how, as key/value rows (readable at any width): one row per setting, one value
+    column per column group (dataset, or dataset and protocol)."""
+    columns = {}
     for column, g in done.groupby("column"):
         first = g.iloc[0]
-        rows.append({
-            "dataset": column, "feature space": first["feature_space"],
+        columns[column] = {
+            "feature space": first["feature_space"],
             "domain classifier held-out acc.": _maybe(first.get("classifier_test_accuracy")),
-            "real split": first["real_split"], "n real": first["n_real"], "n fake (FID/KID/PR)": first["n_fake"],
-            "n generated (IS, per class)": first["n_generated"], "IS splits": first["isc_splits"],
-            "iterations": _unique(g["total_iterations"]), "n_dis": _unique(g["n_dis"]),
-            "batch D/G": f"{_unique(g['batch_d'])}/{_unique(g['batch_g'])}",
+            "held-out split (classifier acc., mode ceiling)": held_out_label(g),
+            "real split (FID/KID/PR)": first["real_split"],
+            "n real": _unique_int(g["n_real"]), "n fake (FID/KID/PR)": _unique_int(g["n_fake"]),
+            "n generated (IS, per class)": _unique_int(g["n_generated"]), "IS splits": _unique_int(g["isc_splits"]),
+            "iterations": _unique_int(g["total_iterations"]), "n_dis": _unique_int(g["n_dis"]),
+            "batch D/G": f"{_unique_int(g['batch_d'])}/{_unique_int(g['batch_g'])}",
             "Adam lr, betas": f"{_unique(g['lr'])}, ({_unique(g['beta1'])}, {_unique(g['beta2'])})",
-            "G/D channels": f"{_unique(g['model_g_ch'])}/{_unique(g['model_d_ch'])}",
+            "G/D channels": f"{_unique_int(g['model_g_ch'])}/{_unique_int(g['model_d_ch'])}",
             "training precision": _unique(g.get("train_precision", pd.Series(dtype=str))),
-            "resolution": _unique(g["resolution"]), "seeds": ", ".join(str(s) for s in sorted(g["seed"].unique())),
+            "resolution": _unique_int(g["resolution"]), "seeds": _unique_int(g["seed"]),
             "device": _unique(g.get("device", pd.Series(dtype=str))),
             "software": _unique(g.get("software", pd.Series(dtype=str))),
-        })
+        }
+    if not columns:
+        return pd.DataFrame()
+    card = pd.DataFrame(columns)
+    card.index.name = "setting"
+    return card.reset_index()
+
+
+def held_out_label(g: pd.DataFrame) -> str:
+    """Which real images the domain classifier's held-out accuracy (and the mode ceiling) were measured on:
+    the dataset's own test split, or for imagefolder its val/ folder, a held-out fraction or the training images."""
+    recorded = _unique(g["held_out_split"]) if "held_out_split" in g else ""
+    if (g["dataset"] != "imagefolder").all():
+        return f"the dataset's {recorded or 'test'} split"
+    if recorded == "val":
+        return "the val/ folder (training: train/)"
+    fractions = sorted({float(f) for f in g.get("val_fraction", pd.Series(dtype=float)).dropna()})
+    if fractions and fractions[-1] > 0:
+        shares = ", ".join(f"{f:.0%}" for f in fractions)
+        return f"{shares} of each class, held out (seeded; dataset.val_fraction)"
+    return "none: the training images (dataset.val_fraction=0)"
+
+
+CUT_REASON = {"n_real": "all the images of the real {split} split",
+              "n_generated": "a whole number per class",
+              "n_fake": "at most the {n_generated} class-balanced generated images"}
+
+
+def sample_count_warnings(done: pd.DataFrame) -> list[str]:
+    """One line per column group and count that the evaluator cut (requested > used; n_real -1 = all), read
+    from the final metrics lines' `<count>_requested` and `<count>`."""
+    lines = []
+    for column, g in done.groupby("column"):
+        for key, reason in CUT_REASON.items():
+            if f"{key}_requested" not in g:
+                continue
+            rows = g.dropna(subset=[key, f"{key}_requested"])
+            cut = rows[(rows[f"{key}_requested"] >= 0) & (rows[key] < rows[f"{key}_requested"])]
+            for (requested, used), r in cut.groupby([f"{key}_requested", key]):
+                why = reason.format(split=_unique(r["real_split"]), n_generated=_unique_int(r["n_generated"]))
+                lines.append(f"{column}: {key}: {int(requested)} requested, {int(used)} used ({why})")
+    return lines
+
+
+def published_values(done: pd.DataFrame) -> pd.DataFrame:
+    """The paper's numbers for the datasets this sweep evaluated in Inception space (the paper's feature space),
+    with the report column each is comparable to; empty where none matches."""
+    if done.empty:
+        return pd.DataFrame()
+    inception = done[done["feature_space"] == "inception"]
+    rows = []
+    for r in PAPER_VALUES[PAPER_VALUES["dataset"].isin(inception["dataset"])].to_dict("records"):
+        columns = ", ".join(sorted(inception.loc[inception["dataset"] == r["dataset"], "column"].unique()))
+        rows.append({"dataset": r["dataset"], "head": r["head"], "IS": num(r["IS"], ".2f"),
+                     "FID": num(r["FID"], ".1f"), "intra-FID": num(r["intra-FID"], ".1f"),
+                     "compare with column": columns})
     return pd.DataFrame(rows)
+
+
+def _unique_int(series: pd.Series) -> str:
+    values = sorted({int(v) for v in series.dropna()})
+    return ", ".join(str(v) for v in values)
 
 
 def _unique(series: pd.Series) -> str:
