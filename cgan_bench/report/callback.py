@@ -1,7 +1,9 @@
 """Build the report when a multirun ends, and make the multirun exit non-zero if any job failed.
 
-Hydra skips on_multirun_end when a job raises, so jobs record failures in their run directory and
-return instead of raising (see app.main); this callback then always runs.
+Hydra skips on_multirun_end when a job or the launcher raises, so jobs record failures in their run directory
+and return instead of raising (see app.main), and `hydra/launcher=joblib` marks a job whose worker died failed
+and returns (cgan_bench/launch.py); this callback then runs, lists every run that did not complete (state and
+reason) and exits 1.
 
 The report lives with its sweep: `<sweep dir>/report/` (report.md, CSVs, PNGs; `<sweep dir>/report.md` links
 to it), so two sweeps never share one. `report.publish=PATH` also copies the finished folder to PATH; where

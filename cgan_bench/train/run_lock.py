@@ -95,3 +95,24 @@ class RunDirLock:
                 if time.monotonic() >= deadline:
                     return "unknown holder"
                 time.sleep(0.05)
+
+
+def is_held(run_dir: Path | str) -> bool:
+    """Whether a live process holds `run_dir`'s lock now (a probe: takes and drops it at once if free).
+    False where there is no lock file or the file system cannot lock. "status.json says running but the lock
+    is free" means the job died (cgan_bench/launch.py)."""
+    path = Path(run_dir) / LOCK_NAME
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except OSError as err:
+        return err.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
+    finally:
+        os.close(fd)
