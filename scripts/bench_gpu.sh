@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU rows of BENCHMARKS.md in one go: the paper's CIFAR model, every training option, the eval path.
+# The GPU rows of BENCHMARKS.md in one go: the paper's CIFAR model, every training option, the eval path,
+# and one bf16 row of the paper's ImageNet 128px model (model=sngan_128, 1000 classes).
 #   bash scripts/bench_gpu.sh [EXTRA OVERRIDES OR BENCH FLAGS...]   (JSON files land in $OUT, else ./bench_out)
 # On a machine that has PyTorch but not this project's other dependencies and no network (the lent GPU
 # machines), carry them as wheels in .whl/ (how: BENCHMARKS.md, "Filling the GPU rows").
@@ -50,6 +51,7 @@ PY
 bench fp32 --heads projection train.precision=fp32 --baseline "$@"
 bench tf32 --heads projection train.precision=tf32 "$@"
 bench bf16 --heads projection train.precision=bf16 "$@"
+bench sngan128_bf16 --heads projection model=sngan_128 dataset.resolution=128 train=paper_imagenet train.precision=bf16 --n-classes 1000 "$@"
 bench bf16_compile --heads projection train.precision=bf16 train.compile=true "$@"
 bench bf16_cudagraphs --heads projection train.precision=bf16 train.compile=true train.compile_mode=reduce-overhead "$@"
 bench fp32_compile --heads projection train.precision=fp32 train.compile=true "$@"

@@ -2,6 +2,7 @@
 
 Trunk at 32x32: OptimizedBlock(down) -> Block(down) -> Block -> Block -> ReLU -> global sum pooling.
 Other resolutions keep the same shape: enough down-sampling blocks to reach 8x8, then two plain blocks.
+The official ImageNet trunks (model=sngan_64/sngan_128) widen instead: see trunk_layout.
 """
 import math
 
@@ -19,6 +20,29 @@ def trunk_depth(resolution: int) -> tuple[int, int]:
     if resolution < 16 or 2 ** (n_down + 3) != resolution:
         raise ValueError(f"resolution must be a power of two >= 16, got {resolution}")
     return n_down + 2, n_down
+
+
+def trunk_layout(resolution: int, ch: int, mult=None, n_down=None) -> list[tuple[int, bool]]:
+    """(output channels, halves the size?) of each trunk block, the OptimizedBlock first.
+
+    mult=None: the 32px SNGAN shape at any resolution (trunk_depth), `ch` channels everywhere.
+    Else block i outputs ch * mult[i] and the first `n_down` blocks halve the size (null: down to 4x4 or as far
+    as the blocks go). Official ImageNet D (dis_models/snresnet*.py): 128px mult [1, 2, 4, 8, 16, 16], 5 down
+    (128 -> 4x4, then one plain block); 64px [1, 2, 4, 8, 16], 5 down (64 -> 2x2, no plain block)."""
+    if mult is None:
+        n_blocks, n_down = trunk_depth(resolution)
+        return [(ch, i < n_down) for i in range(n_blocks)]
+    mult = [int(m) for m in mult]
+    if not mult or min(mult) < 1:
+        raise ValueError(f"model.d_mult={mult} is not allowed: a list of integers >= 1, one per D block")
+    if n_down is None:
+        n_down = min(len(mult), int(math.log2(resolution)) - 2)
+    n_down = int(n_down)
+    if not 1 <= n_down <= len(mult) or 2**n_down > resolution:
+        raise ValueError(f"model.d_down={n_down} is not allowed with {len(mult)} D blocks (model.d_mult) and "
+                         f"dataset.resolution={resolution}: between 1 (the first block always halves the size) and "
+                         f"{min(len(mult), int(math.log2(resolution)))}")
+    return [(ch * m, i < n_down) for i, m in enumerate(mult)]
 
 
 class OptimizedBlock(nn.Module):
@@ -54,16 +78,22 @@ class DiscriminatorBlock(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Trunk + head. The head decides where labels enter and what is computed from the pooled features."""
+    """Trunk + head. The head decides where labels enter and what is computed from the pooled features.
 
-    def __init__(self, head: Head, resolution: int = 32, ch: int = 128, in_ch: int = 3):
+    `mult`, `n_down`: the trunk's widths and down-sampling blocks (trunk_layout); the head must be built with
+    feature_dim = the last block's width and n_blocks = the number of blocks."""
+
+    def __init__(self, head: Head, resolution: int = 32, ch: int = 128, in_ch: int = 3, mult=None, n_down=None):
         super().__init__()
-        n_blocks, n_down = trunk_depth(resolution)
+        layout = trunk_layout(resolution, ch, mult, n_down)
+        if head.feature_dim != layout[-1][0] or head.n_blocks != len(layout):
+            raise ValueError(f"the head was built for {head.n_blocks} blocks of {head.feature_dim} features, the trunk "
+                             f"has {len(layout)} blocks and ends with {layout[-1][0]} channels")
         self.head = head
-        blocks = [OptimizedBlock(in_ch + head.input_channels, ch)]
-        for i in range(1, n_blocks):
+        blocks = [OptimizedBlock(in_ch + head.input_channels, layout[0][0])]
+        for i in range(1, len(layout)):
             extra = head.stage_channels if head.stage == i else 0
-            blocks.append(DiscriminatorBlock(ch + extra, ch, downsample=i < n_down))
+            blocks.append(DiscriminatorBlock(layout[i - 1][0] + extra, layout[i][0], downsample=layout[i][1]))
         self.blocks = nn.ModuleList(blocks)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> DiscriminatorOutput:
