@@ -119,3 +119,82 @@ def test_imagefolder_without_class_folders_is_a_clear_error(tmp_path):
     (tmp_path / "loose.png").write_bytes(b"")
     with pytest.raises(DataMissingError, match="no class sub-folders"):
         load_dataset("imagefolder", "train", 16, path=str(tmp_path))
+
+
+# ---- imagefolder's held-out split ----------------------------------------------------------------------------
+
+def write_numbered_folder(root, counts: dict[str, int]):
+    """One 16x16 image per (class, i) whose colour names it: red = 10 * class index + 1, green = i."""
+    for c, (name, n) in enumerate(sorted(counts.items())):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.new("RGB", (16, 16), (10 * c + 1, i, 7)).save(root / name / f"{i:03d}.png")
+    return root
+
+
+def image_ids(d) -> list[tuple[int, int]]:
+    return sorted((int(r), int(g)) for r, g in d.images[:, :2, 0, 0].tolist())
+
+
+def test_imagefolder_holds_out_a_seeded_fraction_of_each_class(tmp_path):
+    from cgan_bench.data import imagefolder
+    root = write_numbered_folder(tmp_path / "data", {"a": 20, "b": 10, "c": 3})
+    train = load_dataset("imagefolder", "train", 16, path=str(root), val_fraction=0.2)
+    test = load_dataset("imagefolder", "test", 16, path=str(root), val_fraction=0.2)
+    assert (train.split, test.split) == ("train", "test") and test.class_names == ["a", "b", "c"]
+    assert test.class_counts().tolist() == [4, 2, 1] and train.class_counts().tolist() == [16, 8, 2]
+    assert not set(image_ids(train)) & set(image_ids(test))  # disjoint
+    assert sorted(image_ids(train) + image_ids(test)) == [(10 * c + 1, i) for c, n in enumerate((20, 10, 3))
+                                                          for i in range(n)]
+    for d in (train, test):  # labels follow the images (red channel names the class)
+        assert ((d.images[:, 0, 0, 0] - 1) // 10).tolist() == d.labels.tolist()
+    imagefolder._CACHE.clear()  # decoded afresh: the same images held out
+    assert image_ids(load_dataset("imagefolder", "test", 16, path=str(root), val_fraction=0.2)) == image_ids(test)
+    (root / "0first").mkdir()  # a new class, sorted first: the other classes keep their held-out images
+    for i in range(5):
+        Image.new("RGB", (16, 16), (200, i, 7)).save(root / "0first" / f"{i}.png")
+    again = load_dataset("imagefolder", "test", 16, path=str(root), val_fraction=0.2)
+    assert again.class_names == ["0first", "a", "b", "c"] and len(again) == 1 + len(test)
+    assert set(image_ids(test)) < set(image_ids(again))
+
+
+def test_imagefolder_fraction_zero_tests_on_the_training_images(tmp_path):
+    root = write_numbered_folder(tmp_path / "data", {"a": 4, "b": 4})
+    train, test = (load_dataset("imagefolder", s, 16, path=str(root), val_fraction=0) for s in ("train", "test"))
+    assert len(train) == 8 and torch.equal(train.images, test.images)
+
+
+def test_imagefolder_train_and_val_folders_are_used_as_they_are(tmp_path):
+    write_numbered_folder(tmp_path / "data" / "train", {"a": 4, "b": 3})
+    for c, name in enumerate(("a", "b")):  # val images: green 100 + i, never in train
+        (tmp_path / "data" / "val" / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (16, 16), (10 * c + 1, 100 + i, 7)).save(tmp_path / "data" / "val" / name / f"{i}.png")
+    root = str(tmp_path / "data")
+    train = load_dataset("imagefolder", "train", 16, path=root, val_fraction=0.5)  # not used with val/
+    test = load_dataset("imagefolder", "test", 16, path=root, val_fraction=0.5)
+    assert train.class_names == test.class_names == ["a", "b"] and test.split == "val"
+    assert image_ids(train) == [(1, i) for i in range(4)] + [(11, i) for i in range(3)]
+    assert image_ids(test) == [(1, 100), (1, 101), (11, 100), (11, 101)]
+    (tmp_path / "data" / "val" / "c").mkdir()
+    Image.new("RGB", (16, 16)).save(tmp_path / "data" / "val" / "c" / "0.png")
+    with pytest.raises(DataMissingError, match="must hold the same class folders") as err:
+        load_dataset("imagefolder", "train", 16, path=root)
+    assert "\n" not in str(err.value) and "val has a, b, c" in str(err.value)
+
+
+def test_imagefolder_bad_val_fraction_is_one_clear_line(tmp_path):
+    root = write_numbered_folder(tmp_path / "data", {"a": 1, "b": 1})
+    for bad in (1, -0.1, "half"):
+        with pytest.raises(DataMissingError, match=rf"dataset.val_fraction={bad} is not allowed"):
+            load_dataset("imagefolder", "train", 16, path=str(root), val_fraction=bad)
+    with pytest.raises(DataMissingError, match="holds out no image.*dataset.val_fraction=0"):
+        load_dataset("imagefolder", "train", 16, path=str(root), val_fraction=0.5)
+
+
+def test_imagefolder_config_holds_out_a_tenth_by_default():
+    from hydra import compose, initialize_config_dir
+    from cgan_bench.app import CONF_DIR
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = compose("config", ["dataset=imagefolder", "dataset.path=/x"])
+    assert cfg.dataset.val_fraction == 0.1

@@ -142,7 +142,11 @@ def test_same_images_labels_and_order_as_torchvision_imagefolder(tmp_path):
         Image.new("L", (30, 50), len(sub) * 40).save(root / "red" / sub / "x.jpg")
     Image.new("RGBA", (16, 16), (1, 2, 3, 4)).save(root / "blue" / "Z.PNG")
     d = load(root)
-    transform = v2.Compose([v2.PILToTensor(), v2.Resize(16, antialias=True), v2.CenterCrop(16)])
+    def transform(img):  # the official preprocessing, written out: centered short-side square, bilinear resize
+        w, h = img.size
+        s = min(w, h)
+        square = img.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+        return v2.functional.pil_to_tensor(square.resize((16, 16), Image.Resampling.BILINEAR))
     ref = torchvision.datasets.ImageFolder(str(root), transform=transform,
                                            is_valid_file=lambda p: p.lower().endswith((".png", ".jpg", ".jpeg")))
     assert d.class_names == ref.classes and d.labels.tolist() == ref.targets

@@ -3,6 +3,7 @@ from functools import partial
 
 from . import cifar, digits, imagefolder, stacked_digits
 from .dataset import DataMissingError, ImageData, data_root
+from .image_store import StreamedImageData
 
 LOADERS = {
     "digits": digits.load,
@@ -20,4 +21,4 @@ def load_dataset(name: str, split: str, resolution: int, **options) -> ImageData
     return LOADERS[name](split=split, resolution=resolution, **options)
 
 
-__all__ = ["DataMissingError", "ImageData", "LOADERS", "data_root", "load_dataset"]
+__all__ = ["DataMissingError", "ImageData", "LOADERS", "StreamedImageData", "data_root", "load_dataset"]

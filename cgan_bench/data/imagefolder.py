@@ -1,15 +1,22 @@
 """The user's own data: one sub-folder per class of png/jpg files (torchvision's ImageFolder layout).
 
-Images are resized on the short side and center-cropped to the configured resolution.
-Splits: `train` is every image; `test` is the same set (imagefolder has no held-out split unless
-the user points `path` at a folder that holds one).
+Images are center-cropped to the square of their short side, then resized (PIL bilinear) to the configured
+resolution: the official ImageNet preprocessing, shared with the streaming store (data/image_store.py).
+Splits (the `test` split is what the domain classifier's held-out accuracy and eval.real_split=test use):
+- `path` holds `train/` and `val/`, each with the same class sub-folders: `train/` trains, `val/` is the test
+  split (named "val"); `val_fraction` is not used.
+- otherwise `val_fraction` (conf/dataset/imagefolder.yaml: 0.1) of each class's images, chosen by a fixed seed
+  per class name, are the test split and training uses the rest; 0 = no held-out part (the test split is the
+  training images, as before).
 """
 import logging
 import os
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .dataset import DataMissingError, ImageData
@@ -18,14 +25,62 @@ EXTENSIONS = (".png", ".jpg", ".jpeg")
 log = logging.getLogger(__name__)
 
 
-def load(split: str, resolution: int, path: str | None = None, skip_bad_files: bool = False, **_) -> ImageData:
+SPLIT_SEED = 2018  # the held-out images of a class: randperm seeded by this + crc32(class name)
+
+
+def load(split: str, resolution: int, path: str | None = None, skip_bad_files: bool = False,
+         val_fraction: float = 0.0, storage: str = "auto", store_dir: str | None = None, stream_workers: int = 4,
+         **_) -> ImageData:
     """Every image is decoded once here, before any training: an unreadable file stops the run with one line
     naming it (or, with `skip_bad_files`, is skipped and counted). Hidden files and folders ('.x') are ignored,
     symlinks are followed only while they stay inside `path` (loops are detected), an empty class folder or
-    fewer than 2 classes are refused. The train and test splits are the same images: decoded once for both."""
+    fewer than 2 classes are refused. Both splits come from one decoding (the app loads train, then test)."""
     if not path:
         raise DataMissingError("dataset=imagefolder needs dataset.path=/folder/with/one/sub-folder/per/class")
     root = Path(path).expanduser()
+    layout = _train_val_layout(root)
+    folders = {"train": root / "train", "val": root / "val"} if layout else {"all": root}
+    scans = {name: _checked_scan(folder) for name, folder in folders.items()}
+    if layout and scans["val"].classes != scans["train"].classes:
+        raise DataMissingError(f"{root / 'val'} and {root / 'train'} must hold the same class folders; "
+                               f"train has {', '.join(scans['train'].classes)}, val has "
+                               f"{', '.join(scans['val'].classes)}")
+    if not layout:
+        _check_fraction(val_fraction)
+    from . import image_store  # storage=stream (or auto, for a folder too large for memory): image_store.py
+    if image_store.wants_stream(storage, sum(len(f) for s in scans.values() for f in s.files), resolution):
+        return image_store.load_split(root, folders, scans, split, resolution, bool(skip_bad_files), val_fraction,
+                                      store_dir, stream_workers)
+    key = (str(root.resolve()), resolution, bool(skip_bad_files), None if layout else float(val_fraction),
+           tuple(s.signature() for s in scans.values()))
+    if _CACHE.get("key") != key:  # the other split of the same call: reuse the decoded images
+        _CACHE.clear()
+        decoded = {name: _decode_all(folders[name], scan, resolution, bool(skip_bad_files))
+                   for name, scan in scans.items()}
+        if layout:
+            splits = {"train": decoded["train"], "test": decoded["val"]}
+            log.info("%s has train/ and val/: training on train/, testing on val/ (dataset.val_fraction unused)",
+                     root)
+        else:
+            splits = _split_by_fraction(root, *decoded["all"], list(scans["all"].classes), float(val_fraction))
+        _CACHE.update(key=key, splits=splits)
+    images, labels = _CACHE["splits"]["test" if split == "test" else "train"]
+    name = "val" if layout and split == "test" else split
+    classes = list(next(iter(scans.values())).classes)
+    return ImageData(images, labels, len(classes), "imagefolder", name, classes)
+
+
+_CACHE: dict = {}  # the last load's decoded splits (the app loads train, then test, of the same folder)
+
+
+def _train_val_layout(root: Path) -> bool:
+    """True where `root` holds train/ and val/ folders that both hold class sub-folders (ImageNet's layout)."""
+    def has_class_folders(folder: Path) -> bool:
+        return folder.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
+    return has_class_folders(root / "train") and has_class_folders(root / "val")
+
+
+def _checked_scan(root: Path) -> "_Scan":
     scan = _scan(root)
     if not scan.classes:
         raise DataMissingError(f"dataset.path={root} has no class sub-folders; put each class's png/jpg images "
@@ -34,15 +89,39 @@ def load(split: str, resolution: int, path: str | None = None, skip_bad_files: b
     if len(scan.classes) < 2:
         raise DataMissingError(f"dataset.path={root} has 1 class folder ({scan.classes[0]}): a class-conditional "
                                f"GAN needs at least 2 classes (one sub-folder of images per class)")
-    key = (str(root.resolve()), resolution, bool(skip_bad_files), scan.signature())
-    if _CACHE.get("key") != key:  # the other split of the same call: reuse the decoded images
-        _CACHE.clear()
-        _CACHE.update(key=key, data=_decode_all(root, scan, resolution, bool(skip_bad_files)))
-    images, labels = _CACHE["data"]
-    return ImageData(images, labels, len(scan.classes), "imagefolder", split, list(scan.classes))
+    return scan
 
 
-_CACHE: dict = {}  # the last load's decoded images (imagefolder's test split is its train split)
+def _check_fraction(val_fraction) -> None:
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+        raise DataMissingError(f"dataset.val_fraction={val_fraction} is not allowed: give the share of each "
+                               f"class's images held out for testing, a number in [0, 1) (0.1; 0 = none)")
+
+
+def held_out_count(n: int, val_fraction: float) -> int:
+    """Held-out images of a class of n: round(fraction * n), at least 1 and at most n - 1 (a class of one
+    image is kept for training)."""
+    if val_fraction <= 0 or n < 2:
+        return 0
+    return min(n - 1, max(1, round(val_fraction * n)))
+
+
+def _split_by_fraction(root: Path, images: torch.Tensor, labels: torch.Tensor, classes: list[str],
+                       val_fraction: float) -> dict:
+    """{"train": (images, labels), "test": (...)}: per class, held_out_count images chosen by a permutation
+    seeded from the class name (the same images on every call and machine); fraction 0: test = train."""
+    if val_fraction == 0:
+        return {"train": (images, labels), "test": (images, labels)}
+    test = torch.zeros(len(labels), dtype=torch.bool)
+    for c, name in enumerate(classes):
+        idx = (labels == c).nonzero().flatten()
+        g = torch.Generator().manual_seed(SPLIT_SEED + zlib.crc32(name.encode()))
+        test[idx[torch.randperm(len(idx), generator=g)[:held_out_count(len(idx), val_fraction)]]] = True
+    if not test.any():
+        raise DataMissingError(f"dataset.val_fraction={val_fraction} holds out no image of {root}: every class has "
+                               f"a single image; add images or set dataset.val_fraction=0 (the test split is then "
+                               f"the training images)")
+    return {"train": (images[~test], labels[~test]), "test": (images[test], labels[test])}
 
 
 @dataclass
@@ -151,6 +230,17 @@ def _refuse_empty_classes(root: Path, classes: list[str], counts: list[int], wha
                                f"fill it (every sub-folder of dataset.path is a class){scan.note()}")
 
 
+def center_crop_resize(img, resolution: int) -> np.ndarray:
+    """The official ImageNet preprocessing (one function for the in-memory path and the streaming store, so both give
+    the same pixels): the centered square of the short side, PIL bilinear resize; uint8 (3, R, R)."""
+    from PIL import Image
+    w, h = img.size
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    img = img.crop((left, top, left + s, top + s)).resize((resolution, resolution), Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+
+
 def _decode(f: Path, transform):
     from PIL import Image
     try:
@@ -162,9 +252,15 @@ def _decode(f: Path, transform):
         return e
 
 
+def bad_file_reason(f: Path, err: BaseException) -> str:
+    """One short line saying why a file could not be decoded (PIL's message without the file name)."""
+    reason = " ".join(str(getattr(err, "strerror", None) or err).split()).replace(repr(str(f)), "").strip()
+    return "not a readable image" if "cannot identify image file" in reason else reason
+
+
 def _decode_all(root: Path, scan: _Scan, resolution: int, skip_bad_files: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    from torchvision.transforms import v2  # imported here: keeps `python -m cgan_bench` quick to start
-    transform = v2.Compose([v2.PILToTensor(), v2.Resize(resolution, antialias=True), v2.CenterCrop(resolution)])
+    def transform(img):
+        return torch.from_numpy(center_crop_resize(img, resolution).copy())
     paths = [f for files in scan.files for f in files]
     labels = [c for c, files in enumerate(scan.files) for _ in files]
     workers = max(1, min(8, os.cpu_count() or 1, len(paths) // 64))
@@ -176,9 +272,7 @@ def _decode_all(root: Path, scan: _Scan, resolution: int, skip_bad_files: bool) 
     bad = [(f, r) for f, r in zip(paths, results) if isinstance(r, BaseException)]
     if bad:
         f, err = bad[0]
-        reason = " ".join(str(getattr(err, "strerror", None) or err).split()).replace(repr(str(f)), "").strip()
-        if "cannot identify image file" in reason:
-            reason = "not a readable image"
+        reason = bad_file_reason(f, err)
         if not skip_bad_files:
             more = f" ({len(bad)} unreadable files in all)" if len(bad) > 1 else ""
             raise DataMissingError(f"cannot read image {f}: {reason}{more}; remove or replace it, or set "

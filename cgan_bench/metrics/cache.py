@@ -37,11 +37,12 @@ CORRUPT = (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, KeyError,
 
 
 def load_or_build(path: Path, load: Callable[[Path], Any], build: Callable[[], Any],
-                  save: Callable[[Path, Any], None]) -> Any:
+                  save: Callable[[Path, Any], None], what: str = "") -> Any:
     """One shared cache entry. An existing entry is complete (written by temp file + rename), so it is read
     without any lock: a read-only cache directory works. A missing one is built under `<path>.lock`, checked
     again once the lock is held (another job may have built it meanwhile). An entry that cannot be read is
-    named in a warning, moved aside to `<name>.corrupt-<time>` and rebuilt, so it cannot break later runs."""
+    named in a warning, moved aside to `<name>.corrupt-<time>` and rebuilt, so it cannot break later runs.
+    `what` names the entry in the log lines that announce a build (a fresh cache is minutes of work)."""
     path = Path(path)
     if path.exists():
         try:
@@ -58,14 +59,18 @@ def load_or_build(path: Path, load: Callable[[Path], Any], build: Callable[[], A
                 os.replace(path, aside)
                 log.warning("cache entry %s is unreadable (%s: %s); moved aside to %s, rebuilding it", path,
                             type(err).__name__, str(err).splitlines()[0] if str(err) else "", aside.name)
+        log.info("building %s (a one-time step; cached at %s)", what or path.name, path)
+        started = time.perf_counter()
         value = build()
         save(path, value)
+        log.info("built %s in %.1f s", what or path.name, time.perf_counter() - started)
         return value
 
 
 def fingerprint(data) -> str:
     """Short content hash of an ImageData, so two image folders with the same name never share a cache entry."""
     h = hashlib.sha1()
-    h.update(data.images.cpu().numpy().tobytes())
+    for chunk in data.images.split(4096):  # chunk by chunk (same hash): a streamed store never sits in RAM whole
+        h.update(chunk.cpu().numpy().tobytes())
     h.update(data.labels.cpu().numpy().tobytes())
     return h.hexdigest()[:10]

@@ -1,0 +1,182 @@
+"""The streaming image store (cgan_bench/data/image_store.py): preprocessing, resuming, sampling, choosing the path."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cgan_bench.data import DataMissingError, ImageData, StreamedImageData, image_store, load_dataset
+
+R = 16
+SIZES = [(40, 24), (24, 40), (33, 33), (50, 21), (17, 29)]  # wide, tall, square, odd sizes
+
+
+def make_tree(root, per_class=(5, 4, 3)):
+    """JPEGs of random noise (so the crop and the interpolation matter), mixed sizes, one corrupt file, one hidden."""
+    rng = np.random.default_rng(0)
+    for c, n in enumerate(per_class):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True)
+        for i in range(n):
+            w, h = SIZES[(c + i) % len(SIZES)]
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i:02d}.jpg", quality=90)
+    (root / "class_1" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    Image.new("RGB", (20, 20)).save(root / "class_0" / ".hidden.jpg")
+    return root
+
+
+def expected(root):
+    """An independent decoding: per class folder (sorted), per sorted file: PIL center square + bilinear resize."""
+    images, labels = [], []
+    for c, folder in enumerate(sorted(p for p in root.iterdir() if p.is_dir())):
+        for f in sorted(folder.glob("[!.]*.jpg")):
+            if f.name == "broken.jpg":
+                continue
+            img = Image.open(f).convert("RGB")
+            s = min(img.size)
+            left, top = (img.size[0] - s) // 2, (img.size[1] - s) // 2
+            img = img.crop((left, top, left + s, top + s)).resize((R, R), Image.BILINEAR)
+            images.append(np.asarray(img).transpose(2, 0, 1))
+            labels.append(c)
+    return np.stack(images), np.array(labels)
+
+
+def store_bytes(store):
+    return {name: (store / name).read_bytes() for name in ("images.u8", "labels.npy", "meta.json")}
+
+
+def test_store_matches_pil_and_counts_the_corrupt_file(tmp_path):
+    root = make_tree(tmp_path / "data")
+    store = image_store.build_store(root, R, tmp_path / "stores", chunk=4, workers=2)
+    meta = image_store.read_meta(store)
+    want_images, want_labels = expected(root)
+    assert np.array_equal(np.asarray(image_store.open_images(store)), want_images)
+    assert np.load(store / "labels.npy").tolist() == want_labels.tolist()
+    assert meta["classes"] == ["class_0", "class_1", "class_2"] and meta["class_counts"] == [5, 4, 3]
+    assert meta["skipped"] == 1 and meta["skipped_files"][0][0].endswith("broken.jpg") and meta["files"] == 13
+    assert not (store / "progress.json").exists()
+    # cached: a second call reuses it; a changed folder is a different store
+    assert image_store.build_store(root, R, tmp_path / "stores") == store
+    Image.new("RGB", (20, 30)).save(root / "class_2" / "new.jpg")
+    assert image_store.build_store(root, R, tmp_path / "stores") != store
+
+
+def test_a_build_killed_midway_resumes_to_the_same_bytes(tmp_path):
+    root = make_tree(tmp_path / "data")
+    whole = store_bytes(image_store.build_store(root, R, tmp_path / "whole", chunk=3, workers=1))
+    # SIGKILL itself right after the 2nd chunk's progress is recorded: no cleanup runs
+    script = f"""
+import os, signal
+from cgan_bench.data import image_store
+saved = image_store._save_progress
+def save_then_die(path, progress):
+    saved(path, progress)
+    if progress["files_done"] == 6:
+        os.kill(os.getpid(), signal.SIGKILL)
+image_store._save_progress = save_then_die
+image_store.build_store({str(root)!r}, {R}, {str(tmp_path / "killed")!r}, chunk=3, workers=1)
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    [store] = [p for p in (tmp_path / "killed").iterdir() if p.is_dir()]
+    assert not (store / "meta.json").exists()
+    assert json.loads((store / "progress.json").read_text())["files_done"] == 6
+    assert store_bytes(image_store.build_store(root, R, tmp_path / "killed", chunk=3, workers=1)) == whole
+
+
+def test_a_crash_inside_a_chunk_redoes_that_chunk(tmp_path, monkeypatch):
+    """Rows written but not yet recorded (the crash comes before the progress file) are written again."""
+    root = make_tree(tmp_path / "data")
+    whole = store_bytes(image_store.build_store(root, R, tmp_path / "whole", chunk=5, workers=1))
+    saved, calls = image_store._save_progress, []
+
+    def crash_on_second(path, progress):
+        calls.append(progress["files_done"])
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        saved(path, progress)
+
+    monkeypatch.setattr(image_store, "_save_progress", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        image_store.build_store(root, R, tmp_path / "crashed", chunk=5, workers=1)
+    monkeypatch.setattr(image_store, "_save_progress", saved)
+    assert store_bytes(image_store.build_store(root, R, tmp_path / "crashed", chunk=5, workers=1)) == whole
+
+
+def test_batches_stream_through_worker_processes(tmp_path):
+    root = make_tree(tmp_path / "data")
+    data = load_dataset("imagefolder", "train", R, path=str(root), storage="stream", store_dir=str(tmp_path / "s"),
+                        skip_bad_files=True, val_fraction=0, stream_workers=2)
+    assert isinstance(data, StreamedImageData) and len(data) == 12 and data.n_classes == 3
+    assert data.class_counts().tolist() == [5, 4, 3] and data.resolution == R
+    want_images, want_labels = expected(root)
+    source = {img.tobytes(): int(label) for img, label in zip(want_images, want_labels)}
+    data = data.to("cpu")
+    seen = set()
+    torch.manual_seed(0)
+    for _ in range(6):
+        x, y = data.sample(8)
+        assert x.dtype == torch.uint8 and x.shape == (8, 3, R, R) and y.dtype == torch.int64
+        for img, label in zip(x.numpy(), y.tolist()):
+            assert source[img.tobytes()] == label  # every image is a source image, with its own label
+            seen.add(img.tobytes())
+    assert len(seen) > 6  # random rows, not one repeated
+    assert torch.equal(data.images, torch.from_numpy(want_images))  # the whole store, mapped
+    data.close()
+
+
+def test_held_out_split_is_the_device_paths_split(tmp_path):
+    root = make_tree(tmp_path / "data")
+    opts = dict(path=str(root), skip_bad_files=True, val_fraction=0.25, store_dir=str(tmp_path / "s"),
+                stream_workers=0)
+    for split in ("train", "test"):
+        device = load_dataset("imagefolder", split, R, storage="device", **opts)
+        stream = load_dataset("imagefolder", split, R, storage="stream", **opts)
+        assert isinstance(device, ImageData) and isinstance(stream, StreamedImageData)
+        assert stream.labels.tolist() == device.labels.tolist() and len(stream.images) == len(device.images)
+        x, y = stream.sample(4)  # no workers: read in this process
+        assert x.shape == (4, 3, R, R)
+    train = load_dataset("imagefolder", "train", R, storage="stream", **opts)
+    test = load_dataset("imagefolder", "test", R, storage="stream", **opts)
+    assert sorted(train.rows.tolist() + test.rows.tolist()) == list(range(12))
+
+
+def test_unreadable_files_follow_skip_bad_files_without_a_rebuild(tmp_path, monkeypatch):
+    root = make_tree(tmp_path / "data")
+    opts = dict(path=str(root), storage="stream", store_dir=str(tmp_path / "s"), val_fraction=0)
+    with pytest.raises(DataMissingError, match=r"cannot read image .*broken\.jpg.*dataset\.skip_bad_files=true"):
+        load_dataset("imagefolder", "train", R, **opts)
+    monkeypatch.setattr(image_store, "center_crop_resize", lambda *a: pytest.fail("the store was decoded again"))
+    assert len(load_dataset("imagefolder", "train", R, skip_bad_files=True, **opts)) == 12
+
+
+def test_auto_streams_only_what_does_not_fit(tmp_path, monkeypatch):
+    root = make_tree(tmp_path / "data")
+    opts = dict(path=str(root), skip_bad_files=True, val_fraction=0, store_dir=str(tmp_path / "s"))
+    assert isinstance(load_dataset("imagefolder", "train", R, storage="auto", **opts), ImageData)
+    monkeypatch.setattr(image_store, "free_memory_bytes", lambda: 2 * 13 * 3 * R * R - 1)  # just under 2x the data
+    assert isinstance(load_dataset("imagefolder", "train", R, storage="auto", **opts), StreamedImageData)
+    assert isinstance(load_dataset("imagefolder", "train", R, storage="device", **opts), ImageData)
+    with pytest.raises(DataMissingError, match="dataset.storage='disk' is not allowed"):
+        load_dataset("imagefolder", "train", R, storage="disk", **opts)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("dataset.storage=disk", "dataset.storage='disk' is not allowed: auto"),
+    ("dataset.stream_workers=-1", "dataset.stream_workers=-1 is not allowed"),
+])
+def test_storage_options_are_validated(override, message):
+    from hydra import compose, initialize_config_dir
+
+    from cgan_bench.app import CONF_DIR
+    from cgan_bench.config import ConfigError, validate
+    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+        ok = compose("config", overrides=["wandb.mode=disabled", "dataset=imagefolder", "dataset.path=/x"])
+        bad = compose("config", overrides=["wandb.mode=disabled", "dataset=imagefolder", "dataset.path=/x", override])
+    validate(ok)
+    assert ok.dataset.storage == "auto"
+    with pytest.raises(ConfigError, match=message):
+        validate(bad)
