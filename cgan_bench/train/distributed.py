@@ -1,0 +1,189 @@
+"""Multi-GPU data-parallel training: one process per GPU, the same training loop (train/loop.py) on every rank.
+
+Launch one process per GPU with torchrun (or srun, which sets SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID):
+
+    torchrun --standalone --nproc_per_node 4 -m cgan_bench dataset=cifar10 hydra.run.dir=runs/c10_ddp
+
+Two nodes under Slurm, 4 GPUs each (one torchrun per node; torchrun starts the 4 processes):
+
+    #SBATCH --nodes=2 --ntasks-per-node=1 --gpus-per-node=4 --cpus-per-task=32
+    head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+    srun torchrun --nnodes 2 --nproc_per_node 4 --rdzv_backend c10d --rdzv_endpoint "$head:29500" \
+        --rdzv_id "$SLURM_JOB_ID" -m cgan_bench dataset=cifar10 hydra.run.dir=runs/c10_ddp
+
+or without torchrun, one Slurm task per GPU (`--ntasks-per-node=4`), MASTER_ADDR/MASTER_PORT exported:
+
+    export MASTER_ADDR=$head MASTER_PORT=29500
+    srun python -m cgan_bench dataset=cifar10 hydra.run.dir=runs/c10_ddp
+
+Set hydra.run.dir explicitly: the default name holds a timestamp, which ranks started a second apart would
+resolve differently (only rank 0 writes there, but every rank must agree on nothing else).
+
+The contract:
+- train.batch_d / train.batch_g are the GLOBAL batches; each of the N ranks takes batch/N (refused if not
+  divisible). Every rank draws the same global batch (z, labels, real indices, dequantisation noise: all ranks
+  share the run's seed) and keeps its own slice, rank r the r-th. So N processes train the same model as one
+  process on the same global batch, up to rounding and batch norm (below); tests/test_distributed.py checks it.
+- G and D are wrapped in DistributedDataParallel: gradients are averaged across ranks, and module buffers
+  (spectral norm's u/v, batch norm's running statistics) are broadcast from rank 0 at every forward.
+  Spectral norm's power iteration depends only on the weights, so D's u/v are identical on every rank anyway.
+- Batch norm in G: train.sync_bn=false (the default, as in most GAN code) normalises each rank's slice with its
+  own statistics; true converts G's batch norms to torch.nn.SyncBatchNorm (statistics of the global batch;
+  CUDA only in PyTorch, so device=cpu refuses it).
+- Rank 0 alone reads and writes the run directory (checkpoints, metrics, samples, status.json) and W&B, and
+  evaluates; the other ranks train and write nothing. Checkpoints hold the unwrapped modules' state, so a
+  checkpoint resumes on any number of processes with the same global batch.
+- Evaluation (curve and final) runs on rank 0 only for now; the other ranks wait at their next collective
+  (hence the long TIMEOUT). Sharding the evaluation's generation across ranks is a later step.
+- Not yet: fine-tuning (finetune.parent), multirun sweeps, heads whose loss compares samples within a batch
+  (reacgan's data-to-data loss sees only the rank's slice).
+"""
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+# How long a rank waits at a collective: rank 0 alone builds the feature space and evaluates meanwhile.
+TIMEOUT = timedelta(hours=2)
+
+
+def env_world() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's RANK/WORLD_SIZE/LOCAL_RANK, else Slurm's
+    SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID (an srun task per GPU), else (0, 1, 0)."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env and "MASTER_ADDR" in env:  # srun without torchrun
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+    return 0, 1, 0
+
+
+def setup(device: str) -> bool:
+    """Join the process group when launched as several processes (NCCL on GPUs, gloo for device=cpu);
+    True where a group was started (call teardown at the end). A single process does nothing."""
+    rank, world, local_rank = env_world()
+    if world <= 1 or dist.is_initialized():
+        return False
+    gpu = device != "cpu" and torch.cuda.is_available()
+    if gpu:
+        torch.cuda.set_device(local_rank)
+    os.environ.setdefault("MASTER_PORT", "29500")  # srun: MASTER_ADDR exported by the job script
+    dist.init_process_group("nccl" if gpu else "gloo", rank=rank, world_size=world, timeout=TIMEOUT,
+                            init_method="env://")
+    return True
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """Rank 0 (or a single process): the one that reads/writes the run directory, logs and evaluates."""
+    return rank() == 0
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """A GPU run uses the GPU of this node matching the process's local rank."""
+    if world_size() > 1 and device.type == "cuda":
+        return torch.device(f"cuda:{env_world()[2]}")
+    return device
+
+
+def check_config(cfg) -> None:
+    """One line (ConfigError) for what a multi-process run cannot do; nothing for a single process."""
+    from ..config import ConfigError
+    n = world_size()
+    if n == 1:
+        return
+    t = cfg.train
+    for key in ("batch_d", "batch_g"):
+        if t[key] % n:
+            raise ConfigError(f"train.{key}={t[key]} is not allowed: it is the global batch, split over the {n} "
+                              f"processes; use a multiple of {n}")
+    if t.get("sync_bn", False) and str(cfg.device) == "cpu":
+        raise ConfigError("train.sync_bn=true is not allowed with device=cpu: torch.nn.SyncBatchNorm runs on "
+                          "GPUs only; set train.sync_bn=false")
+    if cfg.get("finetune", {}).get("parent") is not None:
+        raise ConfigError("finetune.parent is not allowed in a multi-process run yet; fine-tune on one process")
+
+
+def shard(x: torch.Tensor) -> torch.Tensor:
+    """This rank's slice of a global batch (rank r takes the r-th of world_size equal slices)."""
+    n = world_size()
+    if n == 1:
+        return x
+    per = x.shape[0] // n
+    return x.narrow(0, rank() * per, per)
+
+
+def wrap(G: nn.Module, D: nn.Module, device: torch.device, sync_bn: bool) -> tuple[nn.Module, nn.Module]:
+    """DistributedDataParallel views of G and D sharing their parameters (the modules themselves for a single
+    process). sync_bn converts G's batch norms to SyncBatchNorm in place (same state-dict keys)."""
+    if world_size() == 1:
+        return G, D
+    if sync_bn:
+        nn.SyncBatchNorm.convert_sync_batchnorm(G)  # G's children are replaced; G itself stays the same object
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(G, device_ids=ids), nn.parallel.DistributedDataParallel(D, device_ids=ids)
+
+
+def mean_across_ranks(x: torch.Tensor) -> torch.Tensor:
+    """The mean over ranks (logged losses: the global batch's, the same number on every rank)."""
+    if world_size() == 1:
+        return x
+    x = x.clone()
+    dist.all_reduce(x)
+    return x / world_size()
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank where it is True on one (a preemption signal: all ranks stop at the same iteration)."""
+    if world_size() == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def broadcast_state(state):
+    """Rank 0's object (tensors moved to the CPU) on every rank."""
+    box = [_to_cpu(state) if is_main() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+class RankZeroEvaluates:
+    """The evaluator of ranks other than 0: the same schedule (`every`, so the loop's collectives line up),
+    no work (rank 0 evaluates)."""
+
+    def __init__(self, every: int):
+        self.every = int(every)
+
+    def evaluate(self, *args, **kwargs) -> dict:
+        return {}
