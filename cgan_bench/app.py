@@ -4,9 +4,12 @@ Read top to bottom: `cli` (checks group names, then Hydra) -> `main` (one Hydra 
 usable without Hydra) -> Trainer.fit (train/loop.py) -> Evaluator.evaluate (metrics/evaluator.py).
 Everything a job produces lands in its run directory.
 """
+import atexit
+import copy
 import errno
 import logging
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -21,17 +24,20 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .config import ConfigError, check_against_data, check_group_overrides, check_key_overrides, validate
+from .config import (ConfigError, _roots, check_against_data, check_group_overrides, check_key_overrides,
+                     group_options, validate)
 from .data import DataMissingError, load_dataset
 from .heads import UnknownHeadError
 from .io import atomic_write_text
 from .metrics.feature_space import WeightsMissingError, make_feature_space
 from .tracking import WandbTracker, resolve_mode
-from .train.checkpoint import CheckpointUnreadable
+from .train import distributed, finetune
+from .train.checkpoint import CheckpointUnreadable, load_best
 from .train.loop import Diverged, Preempted, PreemptionSignals, ResumeConfigMismatch, ResumePastBudget, Trainer
-from .train.run_dir import RunDir
+from .train.precision import resolve_precision
+from .train.run_dir import RunDir, earlier_wall_s
 from .train.run_lock import RunDirBusy, RunDirLock
-from .train.samples import morph_grid, save_png
+from .train.samples import save_final_figures
 
 log = logging.getLogger("cgan_bench")
 CONF_DIR = str(files("cgan_bench.conf"))
@@ -78,11 +84,53 @@ def resolve_device(name: str, job_num: int = 0) -> torch.device:
     return torch.device(name)
 
 
+def recipe_choice(group: str) -> str | None:
+    """The option Hydra composed for a config group (`paper` for train=paper); None outside a Hydra job."""
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get(group)
+
+
+def refuse_cpu_fallback(cfg: DictConfig, device: torch.device) -> None:
+    """device=auto found no CUDA device, and the train recipe is sized for a GPU (train.gpu_recipe: the paper's
+    50k iterations would take days on a CPU): refuse (one line, exit code 2) instead of silently falling back.
+    An explicit device=cpu runs it anyway."""
+    if str(cfg.device) != "auto" or device.type != "cpu" or not cfg.train.get("gpu_recipe", False):
+        return
+    recipe = recipe_choice("train")
+    name = f"train={recipe}" if recipe else "this train recipe (train.gpu_recipe=true)"
+    raise ConfigError(f"{name} is a GPU recipe ({cfg.train.iterations} iterations) but no CUDA device is visible; "
+                      f"set device=cpu to run it on the CPU anyway, or train=quick")
+
+
+def describe_device(device: torch.device, requested: str) -> str:
+    """`cuda:0 (NVIDIA H100 80GB HBM3)`, `cpu (device=auto: no CUDA device visible)`, `cpu`."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    if requested == "auto":
+        return f"{device} (device=auto: no CUDA device visible)"
+    return str(device)
+
+
+def start_block(cfg: DictConfig, run_dir: Path, device: torch.device, train_data, test_data) -> str:
+    """What this job is about to do, in a few lines (logged once its data is loaded, before cache work)."""
+    t, d, e = cfg.train, cfg.dataset, cfg.eval
+    recipe = recipe_choice("train")
+    return "\n".join([
+        f"run directory: {run_dir}",
+        f"  device: {describe_device(device, str(cfg.device))} | training precision: "
+        f"{resolve_precision(t.precision, device)} (train.precision={t.precision})",
+        f"  dataset: {d.name} {d.resolution}px, {len(train_data)} train / {len(test_data)} test images, "
+        f"{train_data.n_classes} classes | feature space: {e.feature_space}",
+        f"  training: {t.iterations} iterations{f' (train={recipe})' if recipe else ''}, head {cfg.head.name}, "
+        f"seed {cfg.seed}"])
+
+
 def start_over(run: RunDir) -> None:
     """resume=false: forget everything this run directory holds from an earlier attempt."""
     for name in ("checkpoints", "samples"):
         shutil.rmtree(run.path / name, ignore_errors=True)
-    for f in (run.metrics_file, run.per_class_file, run.status_file):
+    for f in (run.metrics_file, run.per_class_file, run.per_class_best_file, run.status_file):
         f.unlink(missing_ok=True)
 
 
@@ -93,7 +141,10 @@ def run_job(cfg: DictConfig, run_dir: Path, group: str = "single", job_num: int 
     `group` names the sweep for W&B. The job holds the run directory's lock (train/run_lock.py) from before it
     reads anything there until it ends; if another job holds it, RunDirBusy is raised and nothing is written.
     `hydra_files` (path relative to run_dir -> text) is what Hydra wrote there for this job: rewritten before the
-    lock is released if a refused job's Hydra overwrote it meanwhile."""
+    lock is released if a refused job's Hydra overwrote it meanwhile.
+    A multi-process run (train/distributed.py): rank 0 runs the job; the other ranks only train (_run_job_worker)."""
+    if not distributed.is_main():
+        return _run_job_worker(cfg, job_num)
     try:
         with RunDirLock(run_dir):
             try:
@@ -119,6 +170,46 @@ def final_evaluation(trainer: Trainer) -> dict:
             raise Preempted(preemption.signal, preemption.previous_handler) from None
 
 
+def best_evaluation(trainer: Trainer, final: dict) -> dict | None:
+    """The best curve checkpoint (checkpoints/best.pt, chosen by eval.best_metric) evaluated with the final
+    protocol: a metrics line with phase "best" (its `iteration` is the run's last, `best_iteration` the
+    generator's) and per_class_best.csv; preemptible like the final evaluation. Where the best is the final
+    generator, the final line is written again as the best one (same weights, same noise: the same numbers).
+    None where no best is kept (eval.best_metric null, or no curve evaluation)."""
+    from .metrics.evaluator import EvaluationStopped
+    best, run = trainer.best, trainer.run
+    if best is None or best["iteration"] is None:
+        return None
+    saved = load_best(run.checkpoints, map_location=trainer.device)
+    if saved is None or saved.get("iteration") != best["iteration"]:
+        log.warning("%s does not hold the best generator the run recorded (iteration %s): no best evaluation",
+                    run.checkpoints / "best.pt", best["iteration"])
+        return None
+    extra = {"best_iteration": best["iteration"], "best_metric": best["metric"], "best_curve_score": best["score"],
+             "best_since": best["since"], "best_is_final": best["iteration"] == final["iteration"]}
+    if extra["best_is_final"]:
+        record = {**final, "phase": "best", **extra}
+        run.log(record)
+        atomic_write_text(run.per_class_best_file, run.per_class_file.read_text())
+        if trainer.tracker is not None:
+            trainer.tracker.log(record)
+    else:
+        G = copy.deepcopy(trainer.G)
+        G.load_state_dict(saved["G"])
+        with PreemptionSignals() as preemption:
+            try:
+                record = trainer.evaluator.evaluate(G, trainer.iteration, "best", stop=lambda: preemption.signal,
+                                                    extra=extra)
+            except EvaluationStopped:
+                trainer.status("preempted", reason=f"signal {preemption.signal.name} during the evaluation of "
+                                                   f"the best checkpoint")
+                raise Preempted(preemption.signal, preemption.previous_handler) from None
+    log.info("best checkpoint by curve %s: iteration %d%s; final protocol: FID %.2f, IS %.3f (final model: FID "
+             "%.2f, IS %.3f)", best["metric"], best["iteration"], " (the final generator)" if extra["best_is_final"]
+             else "", record["fid"], record["is_mean"], final["fid"], final["is_mean"])
+    return record
+
+
 def restore_files(run_dir: Path, files_: dict[str, str]) -> None:
     """Rewrite each file under run_dir whose text differs (best effort: never masks the job's own outcome)."""
     for name, text in files_.items():
@@ -131,8 +222,25 @@ def restore_files(run_dir: Path, files_: dict[str, str]) -> None:
             log.warning("could not restore %s: %s", path, err)
 
 
+def _run_job_worker(cfg: DictConfig, job_num: int) -> None:
+    """A rank other than 0 of a multi-process run: the same training steps as rank 0 (_run_job_locked), which
+    alone reads and writes the run directory, logs and evaluates. This rank writes nothing."""
+    validate(cfg)
+    distributed.check_config(cfg)
+    device = distributed.rank_device(resolve_device(str(cfg.device), job_num))
+    distributed.barrier()  # rank 0 has loaded the data (and downloaded it where needed)
+    d = cfg.dataset
+    options = {k: v for k, v in d.items() if k not in ("name", "resolution", "feature_space")}
+    train_data = load_dataset(d.name, "train", d.resolution, **options)
+    trainer = Trainer(cfg, train_data.to(device), None, device)
+    trainer.evaluator = distributed.RankZeroEvaluates(cfg.eval.every)
+    trainer.share_state()
+    trainer.fit()
+
+
 def _run_job_locked(cfg: DictConfig, run_dir: Path, group: str, job_num: int) -> dict | None:
     run = RunDir(run_dir)
+    parent = finetune.begin(cfg, run)  # a fine-tune: its parent checked, train.iterations set, before anything runs
     previous = run.read_status()
     if cfg.resume and previous and previous["state"] == "completed" \
             and previous.get("total_iterations") == cfg.train.iterations:
@@ -140,40 +248,51 @@ def _run_job_locked(cfg: DictConfig, run_dir: Path, group: str, job_num: int) ->
         if finals:
             log.info("%s is already completed; skipping (delete it or set resume=false to train again)", run_dir)
             return finals[-1]
+    run.start_clock(earlier_wall_s(previous) if cfg.resume else 0.0)  # status.json's total_wall_s from here
     from .metrics.evaluator import Evaluator  # torch-fidelity, pandas: only once a job really runs
     t_start = time.perf_counter()
     trainer, tracker = None, None
     try:
         validate(cfg)
+        distributed.check_config(cfg)
+        device = distributed.rank_device(resolve_device(str(cfg.device), job_num))
+        refuse_cpu_fallback(cfg, device)  # before start_over: a refused resume=false run deletes nothing
         if not cfg.resume:
             start_over(run)
-        device = resolve_device(str(cfg.device), job_num)
         d = cfg.dataset
         options = {k: v for k, v in d.items() if k not in ("name", "resolution", "feature_space")}
         train_data = load_dataset(d.name, "train", d.resolution, **options)
         test_data = load_dataset(d.name, "test", d.resolution, **options)
+        distributed.barrier()  # the other ranks load the data once rank 0 has (downloads, stores)
         check_against_data(cfg, len(train_data), train_data.n_classes)
+        log.info("%s", start_block(cfg, run.path, device, train_data, test_data))
         e = cfg.eval
         space = make_feature_space(e.feature_space, train_data.to(device), test_data.to(device), device,
                                    inception_weights=e.inception_weights, classifier_epochs=e.classifier_epochs,
                                    cache_dir=e.cache_dir)
         real = train_data if e.real_split == "train" else test_data
         trainer = Trainer(cfg, train_data.to(device), run, device)
+        if parent is not None:  # its schedule and classifier loss first: a resumed fine-tune continues them
+            finetune.attach(trainer, parent, space, train_data.to(device), test_data.to(device))
         if cfg.resume and trainer.resume():
             log.info("resuming %s at iteration %d", run_dir, trainer.iteration)
+        elif parent is not None:
+            finetune.start_from_parent(trainer, parent)
+            log.info("fine-tuning %s from %s at iteration %d", run_dir, parent.path, trainer.iteration)
+        trainer.share_state()  # a multi-process run: every rank continues from rank 0's state
         if resolve_mode(cfg.wandb.mode) != "disabled":
             tracker = trainer.tracker = WandbTracker(cfg, run.path, group=group, job_type=cfg.head.name)
         trainer.evaluator = Evaluator(e, space, real.to(device), run, device, cfg.model.z_dim, cfg.seed, tracker,
                                       held_out=test_data.to(device))
         trainer.fit()
         final = final_evaluation(trainer)
-        trainer.save_samples("final")
-        if train_data.n_classes >= 2:
-            save_png(morph_grid(trainer.G, 0, 1, train_data.n_classes, cfg.model.z_dim, device,
-                                channels_apart=bool(d.get("channels_apart", False))),
-                     run.samples / "morph.png")
+        best_evaluation(trainer, final)
+        trainer.save_samples("final_raw")  # the pixel grid; then the labelled final.png/.pdf and morph.png/.pdf
+        save_final_figures(trainer.G, run.samples, train_data.class_names, cfg, trainer.iteration, device)
         trainer.status("completed")
         if tracker is not None:
+            tracker.image_file("morph", run.samples / "morph.png", trainer.iteration,
+                               caption="category morphing: fixed z per row, class a -> class b")
             tracker.finish(0)
         return final
     except Preempted:
@@ -204,8 +323,15 @@ def _run_job_locked(cfg: DictConfig, run_dir: Path, group: str, job_num: int) ->
 def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    group = Path(hc.sweep.dir).name if multirun else Path(hc.runtime.output_dir).name
+    # the W&B group: a sweep's sweep_name (else its folder's name); a single run: its run directory's name
+    group = (cfg.get("sweep_name") or Path(hc.sweep.dir).name) if multirun else Path(hc.runtime.output_dir).name
     job_num = hc.job.num if multirun else 0
+    if multirun and distributed.env_world()[1] > 1:
+        print("error: a multirun sweep cannot run as several processes (torchrun/srun) yet; launch each run "
+              "of the sweep with torchrun instead", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    if distributed.setup(str(cfg.device)):  # several processes (torchrun/srun): join the process group
+        atexit.register(distributed.teardown)
     hydra_files = {}
     if hc.output_subdir is not None:  # what Hydra just wrote to the run directory (hydra.core.utils.run_job)
         sub = Path(hc.output_subdir)
@@ -239,7 +365,17 @@ def main(cfg: DictConfig) -> float | None:
         return None
     if final is not None:
         print(final_summary(final, Path(hc.runtime.output_dir)), file=sys.stderr)
+        sync = wandb_sync_command(Path(hc.runtime.output_dir), resolve_mode(cfg.wandb.mode))
+        if sync:
+            print(f"  W&B ran offline; upload it with: {sync}", file=sys.stderr)
     return None if final is None else final.get("fid")
+
+
+def wandb_sync_command(run_dir: Path, mode: str) -> str | None:
+    """`wandb sync <run_dir>/wandb/offline-run-*` (every offline attempt of this run, oldest first) when W&B ran
+    offline; None otherwise or when wandb wrote no offline run there."""
+    runs = sorted((Path(run_dir) / "wandb").glob("offline-run-*")) if mode == "offline" else []
+    return shlex.join(["wandb", "sync", *map(str, runs)]) if runs else None
 
 
 def final_summary(r: dict, run_dir: Path) -> str:
@@ -273,6 +409,8 @@ class RunDirWritable(Callback):
 
     @staticmethod
     def _probe(config: DictConfig, key: str) -> None:
+        if distributed.env_world()[0] != 0:  # a multi-process run: only rank 0 writes the run directory
+            return
         HydraConfig.instance().set_config(config)  # as Hydra's run_job does next: resolves ${hydra:...}, ${now:...}
         path = Path(str(OmegaConf.select(config, key)))
         try:
@@ -288,13 +426,112 @@ class RunDirWritable(Callback):
             sys.exit(EXIT_USER_ERROR)
 
 
+# ---- the command line before Hydra: --help, --version, a sweep recipe without -m ----------------------------
+GROUP_NOTES = {"dataset": "a dataset picks its default model, train and eval recipes",
+               "train": "paper: the paper's recipe, for a GPU; quick: CPU-sized; smoke: a few iterations",
+               "adam": "Adam/n_dis settings, used by +sweep=hparams",
+               "sweep": "sweep recipes: run them with -m"}
+
+
+def config_groups(argv: list[str]) -> dict[str, list[str]]:
+    """{group: options} of the packaged conf/ plus the folders the user adds (--config-dir, hydra.searchpath)."""
+    try:
+        roots = _roots(CONF_DIR, argv)
+    except ConfigError:  # a missing --config-dir: the packaged groups still make a help text
+        roots = (CONF_DIR,)
+    names = sorted({p.name for r in roots for p in Path(r).iterdir()
+                    if p.is_dir() and p.name not in ("hydra", "__pycache__")})
+    return {name: group_options(roots, name) for name in names}
+
+
+def usage(argv: list[str]) -> str:
+    """`python -m cgan_bench --help`: what one run is, the config groups and their options, a few examples,
+    where results land (Hydra's own help stays at --hydra-help)."""
+    defaults = {}
+    for entry in OmegaConf.load(Path(CONF_DIR) / "config.yaml").get("defaults", []):
+        if isinstance(entry, DictConfig):
+            defaults.update({str(k): str(v) for k, v in entry.items()})
+    groups = config_groups(argv)
+    order = [g for g in defaults if g in groups] + [g for g in groups if g not in defaults]  # config.yaml's first
+    groups = {g: groups[g] for g in order}
+    width = max(len(g) for g in groups) + 2
+    lines = []
+    for group, options in groups.items():
+        added = group not in defaults  # no default: added with +GROUP=OPTION
+        shown = ", ".join(f"{o}*" if defaults.get(group) == o else o for o in options)
+        lines.append(f"  {('+' if added else '') + group:<{width}}{shown}")
+        if group in GROUP_NOTES:
+            lines.append(f"  {'':<{width}}({GROUP_NOTES[group]})")
+    return f"""\
+usage: python -m cgan_bench [GROUP=OPTION ...] [KEY=VALUE ...]    (installed: cgan-bench ...)
+       python -m cgan_bench -m +sweep=NAME [...]                  (a sweep: many runs, then one report)
+
+One run trains one class-conditional GAN (one dataset x one discriminator head x one seed) with a train recipe,
+then evaluates it (FID, intra-FID, KID, IS, class accuracy, precision/recall, ...) against the real data.
+
+Config groups (GROUP=OPTION; * = default; from {CONF_DIR}):
+{chr(10).join(lines)}
+
+Other settings: seed=0  device=auto|cpu|cuda|cuda:N  resume=true|false  wandb.mode=auto|online|offline|disabled,
+  and every key of a group, e.g. train.iterations=5000 eval.every=1000 (all of them: --cfg job)
+
+Examples:
+  python -m cgan_bench                                  digits, projection head, CPU-sized (a few minutes)
+  python -m cgan_bench head=concat seed=1               another head and seed
+  python -m cgan_bench dataset=cifar10                  the paper's recipe (needs a GPU; device=cpu to force it)
+  python -m cgan_bench dataset=imagefolder dataset.path=/data/mine
+  python -m cgan_bench -m +sweep=digits                 the embedded comparison, with its report
+  python -m cgan_bench dataset=cifar10 --cfg job        print the composed config, run nothing
+
+Where results land (relative to the current directory):
+  a run:    runs/<time>_<dataset>_<head>_s<seed>/ (status.json, metrics.jsonl, per_class.csv, samples/,
+            checkpoints/); choose it with hydra.run.dir=DIR, rerun the same command to resume
+  a sweep:  multirun/<time>/<job>/ per run; the report in multirun/<time>/report/ (linked as report.md)
+  caches:   eval.cache_dir, else $CGAN_BENCH_CACHE, else ~/.cache/cgan_bench
+
+Hydra's own help (override syntax, --cfg, --multirun, launchers): python -m cgan_bench --hydra-help
+"""
+
+
+def version_line() -> str:
+    from . import __version__
+    return f"cgan-bench {__version__} (torch {torch.__version__})"
+
+
+def sweep_without_multirun(argv: list[str]) -> str | None:
+    """`+sweep=NAME` without -m: Hydra composes one job and ignores the recipe's sweep; say so (the run goes on)."""
+    multirun = any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in argv)
+    inspecting = any(a in ("-c", "--cfg", "--info", "-i", "--resolve") or a.startswith(("--cfg=", "--info="))
+                     for a in argv)
+    for arg in argv:
+        key, sep, _ = arg.partition("=")
+        if sep and key.lstrip("+") == "sweep" and not multirun and not inspecting:
+            return (f"warning: {arg} is a sweep recipe: without -m it trains one run and writes no report; "
+                    f"add -m")
+    return None
+
+
 def cli() -> None:
-    """Unknown config-group options (head=nope) and keys no config defines (+train.iteration=5) get one line and
-    exit code 2 before Hydra starts."""
+    """`--help` (ours) and `--version` answer here. Unknown config-group options (head=nope) and keys no config
+    defines (+train.iteration=5) get one line and exit code 2 before Hydra starts."""
+    argv = sys.argv[1:]
+    if "--help" in argv or "-h" in argv:
+        print(usage(argv), end="")
+        sys.exit(0)
+    if "--version" in argv:
+        print(version_line())
+        sys.exit(0)
     try:
         check_group_overrides(sys.argv[1:], Path(CONF_DIR))
         check_key_overrides(sys.argv[1:], Path(CONF_DIR))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    if distributed.env_world()[0] != 0:  # ranks > 0 of a multi-process run: Hydra writes no files for them
+        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    warning = sweep_without_multirun(argv)
+    if warning:
+        print(warning, file=sys.stderr)
+    from .launch import register_launchers  # hydra/launcher=joblib: a sweep that survives a dead worker
+    register_launchers()
     main()

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 from .heads import HEADS, build_head, head_params
 from .data import LOADERS
 from .train.losses import LOSSES
+from .train.checkpoint import BEST_DIRECTION, MODE_ONLY
 
 
 class ConfigError(ValueError):
@@ -29,7 +30,7 @@ def _is_num(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-MAX_RESOLUTION = 256  # the largest trunk the project has is 128px; 4096 would try to allocate ~96 GB
+MAX_RESOLUTION = 256  # the largest official net is 128px (model=sngan_128); 4096 would try to allocate ~96 GB
 MAX_SEED = 2**64 - 1  # torch.manual_seed's range (0 <= seed < 2**64)
 
 
@@ -49,6 +50,10 @@ def validate(cfg: DictConfig) -> None:
         _check(bool(d.get("path")), "dataset.path", d.get("path"), "a folder with one sub-folder of images per class")
         _check(isinstance(d.get("skip_bad_files", False), bool), "dataset.skip_bad_files", d.get("skip_bad_files"),
                "true (skip and count unreadable image files) or false (stop at the first one)")
+        _check(d.get("storage", "auto") in ("auto", "device", "stream"), "dataset.storage", d.get("storage"),
+               "auto (stream when the images would not fit in memory), device or stream")
+        _check(_is_int(d.get("stream_workers", 4)) and d.get("stream_workers", 4) >= 0, "dataset.stream_workers",
+               d.get("stream_workers"), "an integer >= 0 (background batch readers; 0 = none)")
     _check(str(cfg.device) in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"), "device", cfg.device,
            "auto, cpu, cuda or cuda:N")
     _check(_is_int(cfg.seed) and 0 <= cfg.seed <= MAX_SEED, "seed", cfg.seed, "an integer between 0 and 2**64-1")
@@ -56,6 +61,7 @@ def validate(cfg: DictConfig) -> None:
     m = cfg.model
     for key in ("g_ch", "d_ch", "z_dim"):
         _check(_is_int(m[key]) and m[key] >= 1, f"model.{key}", m[key], "an integer >= 1")
+    _check_model_shape(cfg)
 
     t = cfg.train
     for key in ("iterations", "n_dis", "batch_d", "batch_g", "log_every", "sample_every", "checkpoint_every"):
@@ -72,6 +78,9 @@ def validate(cfg: DictConfig) -> None:
            "default, reduce-overhead or max-autotune (torch.compile's modes)")
     for key in ("compile", "channels_last"):
         _check(isinstance(t[key], bool), f"train.{key}", t[key], "true or false")
+    _check(isinstance(t.get("sync_bn", False), bool), "train.sync_bn", t.get("sync_bn"), "true or false")
+    _check(isinstance(t.get("gpu_recipe", False), bool), "train.gpu_recipe", t.get("gpu_recipe"),
+           "true (sized for a GPU: device=auto without CUDA refuses it) or false")
     _check(_is_num(t.max_abs_logit) and t.max_abs_logit > 0, "train.max_abs_logit", t.max_abs_logit, "a number > 0")
 
     e = cfg.eval
@@ -90,20 +99,66 @@ def validate(cfg: DictConfig) -> None:
     _check(_is_int(e.diversity_pairs_max) and e.diversity_pairs_max >= 2, "eval.diversity_pairs_max",
            e.diversity_pairs_max, "an integer >= 2")
     _check(_is_int(e.every) and e.every >= 0, "eval.every", e.every, "an integer >= 0 (0 = final evaluation only)")
+    best = e.get("best_metric")
+    _check(best is None or (isinstance(best, str) and best in BEST_DIRECTION), "eval.best_metric", best,
+           f"null (keep no best checkpoint) or one of {', '.join(BEST_DIRECTION)}")
+    _check(best not in MODE_ONLY or e.feature_space == "digit_channels", "eval.best_metric", best,
+           "mode counts exist only with eval.feature_space=digit_channels (dataset=stacked_digits)")
     _check(_is_num(e.collapse_threshold) and 0 <= e.collapse_threshold <= 1, "eval.collapse_threshold",
            e.collapse_threshold, "a share between 0 and 1")
     _check(_is_num(e.mode_collapse_fraction) and 0 <= e.mode_collapse_fraction <= 1, "eval.mode_collapse_fraction",
            e.mode_collapse_fraction, "a fraction between 0 and 1")
+    morph = cfg.get("figures", {}).get("morph_classes", [0, 1])
+    _check(OmegaConf.is_list(morph) and len(morph) == 2 and all(_is_int(c) for c in morph),
+           "figures.morph_classes", morph, "two class indices, e.g. [0, 1] (morphing from the first to the second)")
+    if cfg.get("finetune") is not None:
+        _check_finetune(cfg.finetune, e.feature_space)
+
+
+def _check_finetune(f: DictConfig, feature_space: str) -> None:
+    """The fine-tune's own settings; the parent run itself is checked when the job starts (train/finetune.py)."""
+    _check(f.parent is None or (isinstance(f.parent, str) and f.parent != ""), "finetune.parent", f.parent,
+           "null (an ordinary run) or the run directory of a completed run")
+    _check(_is_num(f.weight) and 0 <= f.weight < float("inf"), "finetune.weight", f.weight,
+           "a number >= 0 (0 = adversarial continuation only)")
+    _check(_is_int(f.iterations) and f.iterations >= 1, "finetune.iterations", f.iterations, "an integer >= 1")
+    _check(isinstance(f.classifier, str) and f.classifier != "", "finetune.classifier", f.classifier,
+           "independent, domain or the path of a saved classifier")
+    _check(f.classifier != "domain" or feature_space != "inception", "finetune.classifier", f.classifier,
+           "the Inception space takes uint8 images (no gradient reaches G): use independent or a PATH")
+    _check(f.lr is None or (_is_num(f.lr) and f.lr > 0), "finetune.lr", f.lr, "null (= train.lr) or a number > 0")
+
+
+def _check_model_shape(cfg: DictConfig) -> None:
+    """The trunks' channel multipliers (model.g_mult, d_mult, d_down: the ImageNet models) fit the resolution."""
+    from .models import generator_widths, trunk_layout
+    m, r = cfg.model, cfg.dataset.resolution
+    for key in ("g_mult", "d_mult"):
+        v = m.get(key)
+        _check(v is None or (OmegaConf.is_list(v) and len(v) > 0 and all(_is_int(x) and x >= 1 for x in v)),
+               f"model.{key}", v, "null (model.g_ch/d_ch everywhere) or a list of integers >= 1 (channel multipliers)")
+    _check(m.get("d_down") is None or _is_int(m.get("d_down")), "model.d_down", m.get("d_down"),
+           "null or an integer (how many D blocks halve the size)")
+    try:
+        generator_widths(r, m.g_ch, m.get("g_mult"))
+        trunk_layout(r, m.d_ch, m.get("d_mult"), m.get("d_down"))
+    except ValueError as e:
+        raise ConfigError(f"{e} (the official ImageNet nets: model=sngan_64 for 64px, model=sngan_128 for 128px)") \
+            from None
 
 
 def _check_head_params(cfg: DictConfig) -> None:
     """Build the head once on the CPU with the configured sizes: bad head.* values fail here, not mid-run."""
-    from .models import trunk_depth
-    r = cfg.dataset.resolution
-    if not (_is_int(r) and 16 <= r <= MAX_RESOLUTION and (r & (r - 1)) == 0) or not _is_int(cfg.model.d_ch):
+    from .models import trunk_layout
+    r, m = cfg.dataset.resolution, cfg.model
+    if not (_is_int(r) and 16 <= r <= MAX_RESOLUTION and (r & (r - 1)) == 0) or not _is_int(m.d_ch):
         return  # reported by the resolution/model checks
     try:
-        build_head(cfg.head.name, n_classes=2, feature_dim=cfg.model.d_ch, n_blocks=trunk_depth(r)[0],
+        layout = trunk_layout(r, m.d_ch, m.get("d_mult"), m.get("d_down"))
+    except (TypeError, ValueError):
+        return  # reported by _check_model_shape
+    try:
+        build_head(cfg.head.name, n_classes=2, feature_dim=layout[-1][0], n_blocks=len(layout),
                    **head_params(cfg.head))
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
@@ -116,6 +171,10 @@ def check_against_data(cfg: DictConfig, n_train: int, n_classes: int) -> None:
     per_class = cfg.eval.n_generated // n_classes
     _check(per_class >= 2, "eval.n_generated", cfg.eval.n_generated,
            f"at least 2 per class ({2 * n_classes} for {n_classes} classes)")
+    morph = list(cfg.get("figures", {}).get("morph_classes", [0, 1]))  # validate() checked its shape
+    _check(n_classes < 2 or (all(0 <= c < n_classes for c in morph) and morph[0] != morph[1]),
+           "figures.morph_classes", morph,
+           f"two different class indices between 0 and {n_classes - 1} ({cfg.dataset.name} has {n_classes} classes)")
 
 
 CHECKED_GROUPS = ("head", "dataset", "model", "train", "eval")  # the packaged groups; a user's are checked too

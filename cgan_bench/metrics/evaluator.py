@@ -1,4 +1,5 @@
 """One evaluation = one class-balanced generation + one feature pass; every metric comes from those features."""
+import logging
 import time
 
 import pandas as pd
@@ -11,12 +12,13 @@ from ..io import atomic_write_text
 from ..train.run_dir import RunDir
 from ..train.samples import to_uint8
 from .compute import evenly_spaced, overall_metrics, per_class_metrics, summarize_per_class
-from .feature_space import FeatureSpace
+from .feature_space import FeatureSpace, exact_float32
 from .modes import balanced_subset, mode_metrics
 from .reference import load_or_compute_noise_floor, load_or_compute_reference
 
 SOFTWARE = f"cgan-bench {__version__}, torch {torch.__version__}, torch-fidelity {torch_fidelity.__version__}"
 EVAL_NOISE_OFFSET = 7919  # evaluation noise seed = run seed + this, independent of the training RNG
+log = logging.getLogger(__name__)
 
 
 class EvaluationStopped(Exception):
@@ -43,6 +45,9 @@ class Evaluator:
         self.floor = load_or_compute_noise_floor(space, real, ref, len(self.fid_real), n_fake,
                                                  eval_cfg.kid_subset_size, eval_cfg.get("cache_dir"))
         self.held_out, self._ceiling = held_out, {}
+        self.held_out_split = held_out.split if held_out is not None else None
+        warn_cut_counts(eval_cfg, real.split, len(real), len(self.fid_real), n_fake,
+                        self.balanced_count(eval_cfg.n_generated))
 
     def balanced_count(self, n: int) -> int:
         """How many images a class-balanced generation of (about) n makes."""
@@ -85,12 +90,14 @@ class Evaluator:
         G.train(was_training)
         return torch.cat(feats), torch.cat(logits), labels.cpu()
 
-    def evaluate(self, G, iteration: int, phase: str, stop=None) -> dict:
-        """One evaluation appended to metrics.jsonl (and per_class.csv for the final one); `stop`: see
-        generate_features (nothing is written when it stops the evaluation)."""
+    def evaluate(self, G, iteration: int, phase: str, stop=None, extra: dict | None = None) -> dict:
+        """One evaluation appended to metrics.jsonl (and per_class.csv for the final one, per_class_best.csv for
+        the best checkpoint's); every phase but "curve" uses the final protocol's sizes. `stop`: see
+        generate_features (nothing is written when it stops the evaluation); `extra`: fields added to the line."""
         t0 = time.perf_counter()
         n = self.cfg.curve_generated if phase == "curve" else self.cfg.n_generated
-        feats, logits, labels = self.generate_features(G, n, stop)
+        with exact_float32():  # G's forward in IEEE fp32 too (torch lets cuDNN convolutions use TF32 by default)
+            feats, logits, labels = self.generate_features(G, n, stop)
         fid_fake = feats[evenly_spaced(len(feats), min(self.cfg.n_fake, len(feats)))]  # class-balanced subset
         record = {"iteration": iteration, "phase": phase}
         record.update(overall_metrics(fid_fake, self.fid_real, logits, isc_splits=self.cfg.isc_splits,
@@ -113,12 +120,31 @@ class Evaluator:
         record.update(self.floor)
         record.update({"feature_space": self.space.name, "n_fake": len(fid_fake), "n_real": len(self.fid_real),
                        "n_generated": len(feats), "real_split": self.real_split, "isc_splits": self.cfg.isc_splits,
+                       # what the protocol asked for (n_real -1 = all): the report warns where fewer were used
+                       "n_real_requested": int(self.cfg.n_real), "n_fake_requested": int(self.cfg.n_fake),
+                       "n_generated_requested": int(n), "held_out_split": self.held_out_split,
                        "classifier_test_accuracy": self.space.classifier_test_accuracy,
                        "device": str(self.device), "software": SOFTWARE,
                        "eval_s": round(time.perf_counter() - t0, 3)})
+        record.update(extra or {})
         self.run.log(record)
-        if phase == "final":
-            atomic_write_text(self.run.per_class_file, pd.DataFrame(rows).to_csv(index=False))
+        per_class_file = {"final": self.run.per_class_file, "best": self.run.per_class_best_file}.get(phase)
+        if per_class_file is not None:
+            atomic_write_text(per_class_file, pd.DataFrame(rows).to_csv(index=False))
         if self.tracker is not None:
             self.tracker.log(record, per_class=rows if phase == "final" else None)
         return record
+
+
+def warn_cut_counts(cfg, split: str, n_available: int, n_real: int, n_fake: int, n_generated: int) -> None:
+    """Once per run, where the data or n_generated cannot give a requested count: the evaluation goes on with
+    fewer (the metrics lines record both counts and the report prints the same warning under its protocol)."""
+    if 0 <= cfg.n_real and n_real < cfg.n_real:
+        log.warning("eval.n_real=%d but the real %s split has %d images: FID/KID/precision/recall use %d",
+                    cfg.n_real, split, n_available, n_real)
+    if n_generated < cfg.n_generated:
+        log.warning("eval.n_generated=%d is not a whole number per class: %d images are generated",
+                    cfg.n_generated, n_generated)
+    if n_fake < cfg.n_fake:
+        log.warning("eval.n_fake=%d but eval.n_generated=%d gives %d class-balanced images: FID/KID/"
+                    "precision/recall use %d", cfg.n_fake, cfg.n_generated, n_generated, n_fake)

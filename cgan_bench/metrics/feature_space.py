@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from filelock import FileLock
 from torch import nn
+from tqdm import tqdm
 
 from ..data import ImageData
 from ..train.precision import fp32_math
@@ -68,14 +69,18 @@ class FeatureSpace:
     channel_digits: Callable[[torch.Tensor], torch.Tensor] | None = None  # features -> (N, 3) digits (stacked)
 
     @torch.no_grad()
-    def extract(self, images: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features, IS logits) as float32 CPU tensors, one pass in large batches."""
+    def extract(self, images: torch.Tensor, batch_size: int,
+                progress: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, IS logits) as float32 CPU tensors, one pass in large batches. `progress`: the label of a
+        progress bar over the images (stderr), for the one-time reference pass; None = no bar."""
         feats, logits = [], []
-        with exact_float32():
+        with exact_float32(), tqdm(total=len(images), desc=progress, unit="img", disable=progress is None,
+                                   dynamic_ncols=True, mininterval=1.0) as bar:
             for batch in images.split(batch_size):
                 f, l = self.model(batch)
                 feats.append(f.float().cpu())
                 logits.append(l.float().cpu())
+                bar.update(len(batch))
         return torch.cat(feats), torch.cat(logits)
 
 

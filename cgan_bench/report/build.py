@@ -8,17 +8,37 @@ from pathlib import Path
 import pandas as pd
 
 from ..io import atomic_write_text
-from . import plots, tables
+from . import finetune, plots, tables
 from .collect import load_sweep
 
 
+NUMBER = re.compile(r"^\**[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?( ± [-+]?\d+\.?\d*)?\**$")
+
+
 def _md(frame: pd.DataFrame, index: bool = False) -> str:
+    """A table as markdown, every cell exactly as the table functions formatted it: tabulate's number parsing
+    is off (it would re-format '1007.48' as '1007' and '8.740' as '8.74'), numeric columns are right-aligned."""
     if frame is None or frame.empty:
         return "_(nothing yet)_\n"
     frame = frame.copy()
     if isinstance(frame.columns, pd.MultiIndex):
         frame.columns = [" ".join(str(p) for p in c if p) for c in frame.columns]
-    return frame.to_markdown(index=index, floatfmt=".4g") + "\n"
+    if index:
+        frame = frame.reset_index()
+    frame = frame.astype(object).map(_text)
+    align = tuple("right" if frame[c].ne("").any() and frame[c][frame[c].ne("")].str.match(NUMBER).all() else "left"
+                  for c in frame.columns)
+    return frame.to_markdown(index=False, disable_numparse=True, colalign=align) + "\n"
+
+
+def _text(value) -> str:
+    """A cell the table functions left unformatted: integers as such, missing as empty (floats should have
+    been formatted by their table; 4 significant digits is the fallback)."""
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
 
 
 def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link: bool = True) -> Path:
@@ -47,12 +67,17 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
               "only where it beats the runner-up in a paired t-test over seeds (p < 0.05): no bold on ties.", ""]
 
     lines += ["## Protocol", "", _md(tables.protocol_card(done, runs)) if not done.empty else "_(no completed run)_\n"]
+    warnings = tables.sample_count_warnings(done) if not done.empty else []
+    if warnings:
+        lines += ["**Warning: sample counts cut.** The evaluator used fewer images than the protocol asked for "
+                  "(the runs' logs say so too):", ""] + [f"- {w}" for w in warnings] + [""]
     floor = tables.noise_floor_table(done)
     if not floor.empty:
         lines += ["## Noise floor (real vs real)", "",
-                  "The same metrics between two disjoint random halves of the real training split, sized like the "
-                  "protocol where the data allows (else halves): differences between heads smaller than these are "
-                  "not evidence. KID's ± is the standard error of its 100 overlapping subsets.", "", _md(floor)]
+                  "The same metrics between two disjoint random halves of the real split (`real split` above), "
+                  "sized like the protocol where the data allows (else halves): differences between heads smaller "
+                  "than these are not evidence. KID's ± is the standard error of its 100 overlapping subsets.", "",
+                  _md(floor)]
     lines += ["## Main table (the paper's layout)", "", _md(tables.metric_table(done, tables.PAPER_METRICS), index=True)]
     modes = tables.mode_table(done)
     if not modes.empty:
@@ -72,11 +97,21 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
               "real images are to theirs (real data: about 0.05); a class above `eval.collapse_threshold` (0.5) "
               "counts as collapsed. Class acc.: the feature space's classifier agrees with the requested label.", "",
               _md(tables.metric_table(done, tables.EXTRA_METRICS), index=True)]
-    if not done.empty and done["dataset"].isin(tables.PAPER_VALUES["dataset"]).any():
+    best = tables.best_vs_final_table(done)
+    if not best.empty:  # only runs that kept a best checkpoint (eval.best_metric)
+        lines += ["## Best checkpoint vs final", "",
+                  "The generator with the best curve score (`eval.best_metric`, chosen among the curve evaluations, "
+                  "the final generator included) evaluated again with the final protocol, beside the final "
+                  "generator (the paper scored its AC-GAN \"at its prime\"). Choosing the best on the curve and "
+                  "then scoring it flatters it slightly; the tables above use the final generator only. "
+                  "`best = final`: runs whose best was their last iteration.", "", _md(best)]
+    lines += finetune.section(done, out_dir, title)  # only for runs made with finetune.parent
+    published = tables.published_values(done)
+    if not published.empty:
         lines += ["## Published values", "", f"Source: {tables.PAPER_SOURCE}. Only values we could verify; empty = "
-                  "not verified. Protocols differ (the paper: Inception, 10k real vs 5k fake on CIFAR-10), so compare "
-                  "with care and only against Inception-space columns.", "",
-                  _md(tables.PAPER_VALUES.astype(object).where(tables.PAPER_VALUES.notna(), ""))]
+                  "not verified. Shown only for datasets this sweep evaluated in Inception space (the paper's); "
+                  "protocols still differ (the paper: 10k real vs 5k fake on CIFAR-10), so compare with care.", "",
+                  _md(published)]
     paired = tables.paired_vs_projection(done) if not done.empty else pd.DataFrame()
     lines += ["## Each head against projection (paired by seed, Holm-corrected)", "",
               "difference = head − projection on the same seed, mean over seeds (KID ×10³). Per metric the heads "
@@ -84,7 +119,7 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
               "[ci_low, ci_high] is the simultaneous 95% (Bonferroni) interval, `effect_dz` the mean difference "
               "over the differences' std. `reference`: the real-vs-real noise floor (FID, intra-FID, KID) or the "
               "real ceiling (modes, KL). A verdict other than \"no clear difference\" needs p_holm < 0.05.", "",
-              _md(paired)]
+              _md(tables.format_paired(paired))]
 
     lines += ["## Figures", ""]
     for column in sorted(done["column"].unique()) if not done.empty else []:
@@ -94,16 +129,15 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
             if path is not None:
                 lines += [f"![{path.stem}]({path.name})", ""]
         images = plots.copy_run_images(done, column, out_dir)
-        if images:
-            lines += ["Final samples (rows = classes, same z down each column), lowest seed of each head:", ""]
-            for head, files in images.items():
-                if "samples" in files:
-                    lines += [f"**{head}**", "", f"![samples {head}]({files['samples'].name})", ""]
-            morphs = {h: f["morph"] for h, f in images.items() if "morph" in f}
-            if morphs:
-                lines += ["Category morphing (fixed z per row; the generator's conditional-BN parameters mixed from "
-                          "class 0 to class 1 left to right):", ""]
-                lines += [f"**{h}** ![morph {h}]({p.name})" for h, p in morphs.items()] + [""]
+        samples = {h: f["samples"] for h, f in images.items() if "samples" in f}
+        if samples:
+            lines += ["Final samples (rows = classes, same z down each column), lowest seed of each head:", "",
+                      image_row(samples, "samples")]
+        morphs = {h: f["morph"] for h, f in images.items() if "morph" in f}
+        if morphs:
+            lines += ["Category morphing (fixed z per row; the generator's conditional-BN parameters mixed from "
+                      "one class to another left to right, the classes named in each figure, "
+                      "`figures.morph_classes`):", "", image_row(morphs, "morph")]
 
     lines += ["## Run status", "", _md(tables.status_table(runs))]
     atomic_write_text(out_dir / "runs.csv", runs.to_csv(index=False))
@@ -114,6 +148,27 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
     if link:
         _link(sweep_dir / "report.md", report)
     return report
+
+
+IMAGES_PER_ROW = 5  # the paper's five heads side by side; more heads continue on a second row
+
+
+def image_row(images: dict[str, Path], kind: str) -> str:
+    """Images side by side: a markdown table with one column per head (its name above its image), at most
+    IMAGES_PER_ROW per row, in the tables' head order."""
+    heads = sorted(images, key=lambda h: tables.head_sort_key(pd.Series([h])).iloc[0])
+    chunks = [heads[i:i + IMAGES_PER_ROW] for i in range(0, len(heads), IMAGES_PER_ROW)]
+    width = len(chunks[0])
+    rows = []
+    for i, chunk in enumerate(chunks):
+        pad = [""] * (width - len(chunk))
+        names = [f"**{h}**" for h in chunk] + pad
+        if i == 0:
+            rows += ["| " + " | ".join(names) + " |", "|" + "|".join([":---:"] * width) + "|"]
+        else:
+            rows.append("| " + " | ".join(names) + " |")
+        rows.append("| " + " | ".join([f"![{kind} {h}]({images[h].name})" for h in chunk] + pad) + " |")
+    return "\n".join(rows) + "\n"
 
 
 def _link(link: Path, target: Path) -> None:
@@ -131,7 +186,8 @@ def _link(link: Path, target: Path) -> None:
 # sweep's report without `overwrite` (report.overwrite=true, --overwrite); the same sweep's is refreshed.
 
 REPORT_NAMES = ("report.md", "runs.csv", "curves.csv", "per_class.csv")
-REPORT_PNGS = ("curves_*.png", "per_class_*.png", "samples_*.png", "morph_*.png")
+REPORT_PNGS = ("curves_*.png", "per_class_*.png", "samples_*.png", "morph_*.png", "finetune_*.png",
+               "curves_*.pdf", "per_class_*.pdf", "samples_*.pdf", "morph_*.pdf")  # PDFs: for papers
 OWN_FOLDER = "report"  # every multirun writes <sweep dir>/report/, linked from <sweep dir>/report.md
 
 
@@ -181,7 +237,7 @@ def write_report(sweep_dir: Path, out_dir: Path, title: str | None = None, overw
     """(Re)build `sweep_dir`'s report into `out_dir`: built beside it, then moved in file by file, the old
     report's files that the new one lacks removed (nothing else in the folder is touched). Raises ReportExists
     where `refusal` says no. `<sweep_dir>/report.md` is linked to it unless that would take the link away from
-    the sweep's own report (`<sweep_dir>/report/`)."""
+    the sweep's own report (`<sweep_dir>/report/`) or from another report it points at."""
     sweep_dir, out_dir = Path(sweep_dir), Path(out_dir)
     reason = refusal(out_dir, sweep_dir, overwrite, setting)
     if reason:
@@ -191,9 +247,12 @@ def write_report(sweep_dir: Path, out_dir: Path, title: str | None = None, overw
         build_report(sweep_dir, Path(tmp), title, link=False)
         _install(Path(tmp), out_dir, copy=False)
     report = out_dir / "report.md"
-    own = sweep_dir / OWN_FOLDER
-    if out_dir.resolve() == own.resolve() or not (own / "report.md").exists():
-        _link(sweep_dir / "report.md", report)
+    own, link = sweep_dir / OWN_FOLDER, sweep_dir / "report.md"
+    # a copy built elsewhere (e.g. --out /tmp/x) never takes the link from a report that exists: the sweep's
+    # own report/ or the one it already points at (the committed examples: runs/report.md -> ../report.md)
+    linked_elsewhere = link.is_symlink() and link.exists() and link.resolve() != report.resolve()
+    if out_dir.resolve() == own.resolve() or not ((own / "report.md").exists() or linked_elsewhere):
+        _link(link, report)
     return report
 
 

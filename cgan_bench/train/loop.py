@@ -8,15 +8,17 @@ import math
 import signal
 import threading
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
 
 from ..data import ImageData
 from ..heads import build_head, head_params
-from ..models import Discriminator, Generator, trunk_depth
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..models import Discriminator, Generator, trunk_layout
+from . import distributed
+from .checkpoint import is_better, load_best, load_checkpoint, rng_state, save_best, save_checkpoint, set_rng_state
 from .losses import LOSSES
 from .precision import fp32_math, fp32_math_mode, resolve_precision
 from .run_dir import RunDir
@@ -41,7 +43,10 @@ class ResumePastBudget(ResumeConfigMismatch):
 RESUME_FREE_KEYS = {"resume", "device", "wandb", "sweep_name", "report", "report_dir", "train.iterations",
                     "train.log_every", "train.sample_every", "train.checkpoint_every", "eval.batch_size",
                     "eval.cache_dir", "eval.inception_weights", "dataset.root", "dataset.download",
-                    "dataset.skip_bad_files"}  # skipping only ever drops files that a run without it refuses
+                    "dataset.skip_bad_files",  # skipping only ever drops files that a run without it refuses
+                    "train.gpu_recipe",  # a label for the device check (app.refuse_cpu_fallback), not the numbers
+                    "eval.best_metric",  # which generator best.pt keeps, not how training runs (see restore_best)
+                    "figures"}  # which classes the end-of-run figures show
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -56,13 +61,16 @@ def resume_relevant(cfg) -> dict:
     """The flattened config minus keys that may change on resume (stored in every checkpoint)."""
     from omegaconf import OmegaConf
     flat = _flatten(OmegaConf.to_container(cfg, resolve=True))
+    if flat.get("finetune.parent") is None:  # an ordinary run: the fine-tune's settings are read by nobody
+        flat = {k: v for k, v in flat.items() if not k.startswith("finetune.")}
     return {k: v for k, v in flat.items()
             if k not in RESUME_FREE_KEYS and k.split(".")[0] not in RESUME_FREE_KEYS}
 
 
 # Keys added to the configs after a checkpoint was written, with the value that reproduces the old behaviour:
 # a checkpoint without the key resumes when the current value is that one.
-ADDED_KEYS = {"train.compile_mode": "default", "dataset.channels_apart": False, "eval.mode_collapse_fraction": 0.5}
+ADDED_KEYS = {"train.compile_mode": "default", "dataset.channels_apart": False, "eval.mode_collapse_fraction": 0.5,
+              "head.bias": False, "train.sync_bn": False}  # head=projection's bias (model.projection_bias, the ImageNet nets)
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
@@ -73,12 +81,13 @@ def config_differences(saved: dict, current: dict) -> list[str]:
 
 
 def build_models(cfg, n_classes: int, device) -> tuple[Generator, Discriminator]:
-    resolution = cfg.dataset.resolution
-    n_blocks, _ = trunk_depth(resolution)
-    head = build_head(cfg.head.name, n_classes=n_classes, feature_dim=cfg.model.d_ch, n_blocks=n_blocks,
+    """G and D of cfg.model at dataset.resolution; g_mult/d_mult/d_down (ImageNet models) widen the trunks."""
+    resolution, m = cfg.dataset.resolution, cfg.model
+    layout = trunk_layout(resolution, m.d_ch, m.get("d_mult"), m.get("d_down"))
+    head = build_head(cfg.head.name, n_classes=n_classes, feature_dim=layout[-1][0], n_blocks=len(layout),
                       **head_params(cfg.head))
-    G = Generator(n_classes, resolution, cfg.model.g_ch, cfg.model.z_dim).to(device)
-    D = Discriminator(head, resolution, cfg.model.d_ch).to(device)
+    G = Generator(n_classes, resolution, m.g_ch, m.z_dim, mult=m.get("g_mult")).to(device)
+    D = Discriminator(head, resolution, m.d_ch, mult=m.get("d_mult"), n_down=m.get("d_down")).to(device)
     return G, D
 
 
@@ -100,11 +109,15 @@ def dequantize(x_uint8: torch.Tensor) -> torch.Tensor:
 @dataclass
 class Trainer:
     cfg: object
-    data: ImageData
+    data: ImageData  # or data.image_store.StreamedImageData (streams from disk): one .sample(batch) for both
     run: RunDir
     device: torch.device
     evaluator: object = None  # metrics.Evaluator: .evaluate(G, iteration, phase) appends to the run directory
     tracker: object = None  # report.tracking: .log(record), .image(name, img, it), .finish()
+    # (x_fake, y_fake) -> a scalar added to G's loss, logged as g_extra_loss (a fine-tune's classifier loss:
+    # train/finetune.py); None = the plain adversarial loss
+    g_extra_loss: object = None
+    status_extra: dict = field(default_factory=dict)  # more fields for status.json (a fine-tune's parent)
 
     def __post_init__(self):
         torch.manual_seed(self.cfg.seed)
@@ -114,6 +127,9 @@ class Trainer:
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.G.to(memory_format=self.memory_format)
         self.D.to(memory_format=self.memory_format)
+        # a multi-process run (train/distributed.py): DDP views of G and D; G_ddp/D_ddp are G/D for one process
+        self.main = distributed.is_main()  # rank 0 alone writes the run directory, logs and evaluates
+        self.G_ddp, self.D_ddp = distributed.wrap(self.G, self.D, self.device, bool(t.get("sync_bn", False)))
         # compiled views of the same modules (state dicts, checkpoints and sampling use the originals);
         # static shapes: a run has two batch sizes (batch_g, batch_d), each gets its own specialised graph.
         # Sequential sweep jobs share a process: without a reset, each job's new modules count as
@@ -123,8 +139,11 @@ class Trainer:
         # compile_mode "reduce-overhead" adds CUDA graphs on a GPU (the step is launch-bound there: BENCHMARKS.md);
         # on a CPU it compiles like "default".
         mode = t.get("compile_mode", "default")
-        self.G_fast = torch.compile(self.G, dynamic=False, mode=mode) if t.compile else self.G
+        self.G_fast = torch.compile(self.G_ddp, dynamic=False, mode=mode) if t.compile else self.G_ddp
         self.D_fast = torch.compile(self.D, dynamic=False, mode=mode) if t.compile else self.D
+        # D's steps average D's gradients across ranks; the G step computes none for D (plain D there)
+        self.D_sync = self.D_fast if self.D_ddp is self.D else \
+            (torch.compile(self.D_ddp, dynamic=False, mode=mode) if t.compile else self.D_ddp)
         fast = {"fused": True} if self.device.type == "cuda" else {}  # fused kernels on GPU; PyTorch default on CPU
         adam = dict(lr=t.lr, betas=(t.beta1, t.beta2), **fast)
         self.g_params = list(self.G.parameters())
@@ -135,19 +154,29 @@ class Trainer:
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, decay)
         self.loss_d, self.loss_g = LOSSES[t.loss]
         self.iteration, self.wall_s, self.train_it_per_s = 0, 0.0, None
+        # the best curve score so far (eval.best_metric; None = keep no best.pt), part of the resumable state;
+        # `since`: the first iteration whose curve evaluations were candidates (a resume without this state)
+        metric = self.cfg.eval.get("best_metric")
+        self.best = None if metric is None else {"metric": str(metric), "score": None, "iteration": None, "since": 0}
 
     # ---- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"G": self.G.state_dict(), "D": self.D.state_dict(), "opt_g": self.opt_g.state_dict(),
                 "opt_d": self.opt_d.state_dict(), "sched_g": self.sched_g.state_dict(),
                 "sched_d": self.sched_d.state_dict(), "iteration": self.iteration, "wall_s": self.wall_s,
-                "rng": rng_state(), "config": resume_relevant(self.cfg), "generator": self.generator_info()}
+                "rng": rng_state(self.device), "config": resume_relevant(self.cfg), "generator": self.generator_info(),
+                "best": self.best}
 
     def generator_info(self) -> dict:
         """What cgan_bench.load_generator needs to rebuild G without the dataset (plain types: weights_only)."""
         return {"n_classes": int(self.data.n_classes), "class_names": [str(c) for c in self.data.class_names],
                 "resolution": int(self.cfg.dataset.resolution), "g_ch": int(self.cfg.model.g_ch),
-                "z_dim": int(self.cfg.model.z_dim)}
+                "z_dim": int(self.cfg.model.z_dim), **self._g_mult()}
+
+    def _g_mult(self) -> dict:
+        """{"g_mult": [...]} for the widening ImageNet generators (model.g_mult), {} for the constant-width ones."""
+        mult = self.cfg.model.get("g_mult")
+        return {} if mult is None else {"g_mult": [int(m) for m in mult]}
 
     def load_state_dict(self, state: dict) -> None:
         self.G.load_state_dict(state["G"])
@@ -157,7 +186,7 @@ class Trainer:
         self.sched_g.load_state_dict(state["sched_g"])
         self.sched_d.load_state_dict(state["sched_d"])
         self.iteration, self.wall_s = state["iteration"], state["wall_s"]
-        set_rng_state(state["rng"])
+        set_rng_state(state["rng"], self.device)
 
     def resume(self) -> bool:
         """Continue from the run directory's checkpoint; refuse if the run was trained with another config."""
@@ -176,17 +205,75 @@ class Trainer:
                 f"train.iterations={self.cfg.train.iterations}; raise train.iterations to at least "
                 f"{state['iteration']} to continue it, or rerun with resume=false to start this directory over")
         self.load_state_dict(state)
+        self.restore_best(state.get("best"))
         self.run.drop_metrics_after(self.iteration)
         return True
 
+    def share_state(self) -> None:
+        """Multi-process: every rank continues from rank 0's state (the checkpoint it resumed, else its start).
+        Called on every rank, after rank 0's resume()."""
+        if distributed.world_size() == 1:
+            return
+        state = distributed.broadcast_state(self.state_dict())
+        if not self.main:
+            self.load_state_dict(state)
+
     def checkpoint(self) -> None:
+        if not self.main:
+            return
         save_checkpoint(self.run.checkpoints, self.state_dict())
+
+    # ---- the best checkpoint (eval.best_metric) ----------------------------------------------
+    def curve_due(self, it: int, final: bool) -> bool:
+        """A curve evaluation every eval.every iterations; at the last iteration only where a best checkpoint is
+        kept (the final generator is a candidate too; otherwise the final evaluation covers that iteration)."""
+        every = self.evaluator.every if self.evaluator is not None else 0
+        return bool(every) and (self.best is not None if final else it % every == 0)
+
+    def track_best(self, record: dict) -> bool:
+        """True where this curve evaluation beats the best so far (self.best then holds it)."""
+        if self.best is None or not is_better(self.best["metric"], record.get(self.best["metric"]), self.best["score"]):
+            return False
+        self.best.update(score=float(record[self.best["metric"]]), iteration=self.iteration)
+        return True
+
+    def save_best(self) -> None:
+        """checkpoints/best.pt from the current G, written after the last.pt that records it as the best."""
+        if not self.main:
+            return
+        save_best(self.run.checkpoints, {"G": self.G.state_dict(), "iteration": self.iteration,
+                                         "metric": self.best["metric"], "score": self.best["score"],
+                                         "since": self.best["since"], "generator": self.generator_info(),
+                                         "config": resume_relevant(self.cfg)})
+
+    def restore_best(self, saved: dict | None) -> None:
+        """The best so far of the checkpoint resumed from, so a resumed run never replaces a better best.pt.
+        Where a kill fell between last.pt and best.pt, best.pt is rewritten from the checkpoint's own G."""
+        if self.best is None:
+            return
+        if saved is None or saved.get("metric") != self.best["metric"]:
+            self.best["since"] = self.iteration
+            if self.iteration:
+                warnings.warn(f"{self.run.checkpoints / 'last.pt'} kept no best by {self.best['metric']}: "
+                              f"best.pt is chosen among curve evaluations from iteration {self.iteration} on")
+            return
+        self.best = dict(saved)
+        if saved["iteration"] is None:
+            return
+        on_disk = load_best(self.run.checkpoints)
+        if on_disk is None or on_disk.get("iteration") != saved["iteration"]:
+            if saved["iteration"] == self.iteration:
+                self.save_best()
+            else:
+                warnings.warn(f"{self.run.checkpoints / 'best.pt'} is not the best the checkpoint records "
+                              f"(iteration {saved['iteration']}); it is replaced at the next better curve score")
 
     # ---- one iteration -----------------------------------------------------------------------
     def fake_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's slice of a global batch of n (all of it for one process; train/distributed.py)."""
         z = torch.randn(n, self.cfg.model.z_dim, device=self.device)
         y = torch.randint(0, self.data.n_classes, (n,), device=self.device)
-        return z, y
+        return distributed.shard(z), distributed.shard(y)
 
     def autocast(self):
         """bf16 autocast for the networks when the resolved precision is bf16 (losses and logits stay fp32)."""
@@ -199,11 +286,16 @@ class Trainer:
             return self._step()
 
     def _step(self) -> dict[str, torch.Tensor]:
-        t, head, G, D = self.cfg.train, self.D.head, self.G_fast, self.D_fast
+        t, head, G, D, D_sync = self.cfg.train, self.D.head, self.G_fast, self.D_fast, self.D_sync
         z, y_fake = self.fake_batch(t.batch_g)
         with self.autocast():
-            out_fake = D(G(z, y_fake), y_fake)
+            x_fake = G(z, y_fake)
+            out_fake = D(x_fake, y_fake)
         g_loss = self.loss_g(out_fake.adv) + head.g_aux_loss(out_fake, y_fake)
+        extra = {}
+        if self.g_extra_loss is not None:
+            extra["g_extra_loss"] = self.g_extra_loss(x_fake, y_fake)
+            g_loss = g_loss + extra["g_extra_loss"]
         self.opt_g.zero_grad(set_to_none=True)
         g_loss.backward(inputs=self.g_params)  # no gradient work for D's weights (no requires_grad toggling)
         self.opt_g.step()
@@ -211,11 +303,12 @@ class Trainer:
         for _ in range(t.n_dis):
             x_real, y_real = self.data.sample(t.batch_d)
             z, y_fake = self.fake_batch(t.batch_d)
-            x_real = dequantize(x_real).contiguous(memory_format=self.memory_format)
+            x_real, y_real = distributed.shard(dequantize(x_real)), distributed.shard(y_real)
+            x_real = x_real.contiguous(memory_format=self.memory_format)
             with self.autocast():
                 with torch.no_grad():
                     x_fake = G(z, y_fake)
-                out_real, out_fake = D(x_real, y_real), D(x_fake, y_fake)
+                out_real, out_fake = D_sync(x_real, y_real), D_sync(x_fake, y_fake)
             d_loss = self.loss_d(out_real.adv, out_fake.adv) + head.d_aux_loss(out_real, y_real, out_fake, y_fake)
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
@@ -223,10 +316,13 @@ class Trainer:
         self.sched_g.step()
         self.sched_d.step()
         return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(),
-                "d_real": out_real.adv.detach().float().mean(), "d_fake": out_fake.adv.detach().float().mean()}
+                "d_real": out_real.adv.detach().float().mean(), "d_fake": out_fake.adv.detach().float().mean(),
+                **{k: v.detach() for k, v in extra.items()}}
 
     # ---- the loop ----------------------------------------------------------------------------
     def save_samples(self, name: str) -> None:
+        if not self.main:
+            return
         grid = class_grid(self.G, self.data.n_classes, self.cfg.model.z_dim, self.device,
                           seed=(self.cfg.seed + 1234) % 2**64,
                           channels_apart=bool(self.cfg.dataset.get("channels_apart", False)))
@@ -236,11 +332,14 @@ class Trainer:
 
     def status(self, state: str, start_it: int | None = None, t0: float | None = None, reason: str = "") -> None:
         """Write status.json; it/s is measured since (start_it, t0), else the last finished fit's rate."""
+        if not self.main:
+            return
         rate = self.train_it_per_s
         if start_it is not None and self.iteration > start_it:
             rate = (self.iteration - start_it) / max(time.perf_counter() - t0, 1e-9)
         self.run.write_status(state, self.iteration, self.cfg.train.iterations, self.wall_s,
-                              None if rate is None else round(rate, 3), reason, train_precision=self.precision)
+                              None if rate is None else round(rate, 3), reason, train_precision=self.precision,
+                              **self.status_extra)
 
     def fit(self) -> None:
         """Train until `train.iterations`; SIGTERM/SIGUSR1 (Slurm, submitit) checkpoint and stop cleanly."""
@@ -249,7 +348,8 @@ class Trainer:
         t0, last = time.perf_counter(), time.perf_counter()
         self.status("running", start_it, t0)
         bar = tqdm(total=t.iterations, initial=self.iteration, desc=f"{self.cfg.head.name}", unit="it",
-                   dynamic_ncols=True, mininterval=1.0)
+                   dynamic_ncols=True, mininterval=1.0, disable=not self.main)
+        several = distributed.world_size() > 1
         with PreemptionSignals() as preemption, bar:  # the bar is closed on any exit (its line ends before errors)
             while self.iteration < t.iterations:
                 losses = self.step()
@@ -259,13 +359,20 @@ class Trainer:
                 self.wall_s += now - last
                 last = now
                 it, final = self.iteration, self.iteration == t.iterations
-                due_checkpoint = it % t.checkpoint_every == 0 or final or preemption.signal is not None
+                due_eval = self.curve_due(it, final)
+                stopping = preemption.signal is not None
+                if several:  # all ranks stop at the same iteration: a signal is agreed on at log points
+                    stopping = (it % t.log_every == 0 or final) and distributed.any_rank(stopping, self.device)
+                # with eval.best_metric, every curve evaluation is a checkpoint too (it may be the new best)
+                due_checkpoint = it % t.checkpoint_every == 0 or final or stopping \
+                    or (due_eval and self.best is not None)
                 if it % t.log_every == 0 or due_checkpoint:  # never checkpoint a diverged state
-                    values = dict(zip(losses, torch.stack(list(losses.values())).tolist()))  # one host sync
+                    stacked = distributed.mean_across_ranks(torch.stack(list(losses.values())))  # global batch's
+                    values = dict(zip(losses, stacked.tolist()))  # one host sync
                     if not all(math.isfinite(v) for v in values.values()) or abs(values["d_real"]) > t.max_abs_logit:
                         raise Diverged(f"non-finite or exploding values at iteration {it}: "
                                        + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
-                if it % t.log_every == 0 or final:
+                if (it % t.log_every == 0 or final) and self.main:
                     record = {"iteration": it, "phase": "train", **values, "lr": self.sched_g.get_last_lr()[0]}
                     self.run.log(record)
                     if self.tracker is not None:
@@ -274,15 +381,16 @@ class Trainer:
                     self.status("running", start_it, t0)
                 if it % t.sample_every == 0 or final:
                     self.save_samples(f"iter_{it:07d}")
-                if self.evaluator is not None and self.evaluator.every and it % self.evaluator.every == 0 \
-                        and not final:
-                    self.evaluator.evaluate(self.G, it, "curve")
+                new_best = due_eval and self.track_best(self.evaluator.evaluate(self.G, it, "curve"))
                 if due_checkpoint:
                     self.checkpoint()
-                if preemption.signal is not None:  # at the last iteration too: the evaluation is still to come
+                if new_best:  # after the last.pt that records it (restore_best mends a kill in between)
+                    self.save_best()
+                if stopping:  # at the last iteration too: the evaluation is still to come
                     bar.close()
-                    self.status("preempted", start_it, t0, f"signal {preemption.signal.name} at iteration {it}")
-                    raise Preempted(preemption.signal, preemption.previous_handler)
+                    received = preemption.signal or signal.SIGTERM  # a rank told by another one
+                    self.status("preempted", start_it, t0, f"signal {received.name} at iteration {it}")
+                    raise Preempted(received, preemption.previous_handler)
         bar.close()
         self.train_it_per_s = (self.iteration - start_it) / max(time.perf_counter() - t0, 1e-9)
 
