@@ -76,11 +76,14 @@ def train_classifier(train: ImageData, test: ImageData, device, epochs: int = 30
 
 
 def load_or_train_classifier(train: ImageData, test: ImageData, device, epochs: int,
-                             cache_dir: str | None = None) -> tuple[nn.Module, float]:
+                             cache_dir: str | None = None, seed: int | None = None) -> tuple[nn.Module, float]:
     """The cached classifier for this dataset/resolution, trained on first use (one writer at a time; an
-    existing entry is read without a lock, a corrupt one moved aside and retrained: cache.load_or_build)."""
+    existing entry is read without a lock, a corrupt one moved aside and retrained: cache.load_or_build).
+    `seed`: another initialisation and data order, cached apart (the fine-tune's independent classifier);
+    None = the evaluation's own classifier."""
+    suffix = "" if seed is None else f"-seed{seed}"
     key = cache_key(dataset=train.name, split="train", count=len(train), resolution=train.resolution,
-                    feature_space=f"classifier-e{epochs}")
+                    feature_space=f"classifier-e{epochs}{suffix}")
     path = cache_root(cache_dir) / "classifiers" / f"{key}-{fingerprint(train)}.pt"
 
     def load(p):  # on the CPU first: a damaged file must fail here, a full device must not look like one
@@ -94,6 +97,6 @@ def load_or_train_classifier(train: ImageData, test: ImageData, device, epochs: 
         model, test_acc = trained
         atomic_torch_save(p, {"model": model.state_dict(), "test_accuracy": test_acc, "key": key})
 
-    model, test_acc = load_or_build(path, load, lambda: train_classifier(train, test, device, epochs), save,
-                                    what=f"the domain classifier for {train.name} ({epochs} epochs)")
+    model, test_acc = load_or_build(path, load, lambda: train_classifier(train, test, device, epochs, seed=seed or 0),
+                                    save, what=f"the domain classifier for {train.name} ({epochs} epochs{suffix})")
     return model.eval().requires_grad_(False), test_acc

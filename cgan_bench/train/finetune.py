@@ -36,9 +36,7 @@ from torch import nn
 
 from ..config import ConfigError, validate
 from ..data import ImageData
-from ..io import atomic_torch_save
-from ..metrics.cache import cache_key, cache_root, fingerprint, load_or_build
-from ..metrics.classifier import DomainClassifier, train_classifier
+from ..metrics.classifier import load_or_train_classifier
 from .checkpoint import CheckpointUnreadable, load_checkpoint
 from .loop import Trainer, config_differences, linear_decay, resume_relevant
 from .run_dir import RunDir
@@ -139,23 +137,7 @@ def independent_classifier(train: ImageData, test: ImageData, device, epochs: in
                            cache_dir: str | None) -> tuple[nn.Module, float]:
     """The domain classifier's recipe with seed INDEPENDENT_SEED, trained once and cached beside the evaluation's
     (the same cache rules: metrics/classifier.load_or_train_classifier)."""
-    key = cache_key(dataset=train.name, split="train", count=len(train), resolution=train.resolution,
-                    feature_space=f"classifier-e{epochs}-seed{INDEPENDENT_SEED}")
-    path = cache_root(cache_dir) / "classifiers" / f"{key}-{fingerprint(train)}.pt"
-
-    def load(p):
-        state = torch.load(p, map_location="cpu", weights_only=True)
-        with torch.random.fork_rng(devices=[]):  # building the module must not move the run's RNG
-            model = DomainClassifier(train.n_classes)
-        model.load_state_dict(state["model"])
-        return model.to(device), float(state["test_accuracy"])
-
-    def save(p, trained):
-        atomic_torch_save(p, {"model": trained[0].state_dict(), "test_accuracy": trained[1], "key": key})
-
-    model, test_acc = load_or_build(path, load, lambda: train_classifier(train, test, device, epochs,
-                                                                         seed=INDEPENDENT_SEED), save)
-    return model.eval().requires_grad_(False), test_acc
+    return load_or_train_classifier(train, test, device, epochs, cache_dir, seed=INDEPENDENT_SEED)
 
 
 def user_classifier(given: str, train: ImageData, device) -> nn.Module:
