@@ -199,3 +199,25 @@ def test_report_falls_back_to_the_config_for_runs_without_a_recorded_precision(t
     RunDir(run_dir).write_status("completed", 2, 2, 1.0, 2.0)  # as written before train_precision existed
     assert "train_precision" not in json.loads((run_dir / "status.json").read_text())
     assert read_run(run_dir)[0]["train_precision"] == "bf16"
+
+
+def test_domain_classifier_trains_in_ieee_fp32_even_where_tf32_is_allowed(tmp_path, monkeypatch):
+    """The domain classifier is part of the metric: its training must not use TF32 on GPUs that have it, so
+    one dataset gives one classifier on every GPU generation (the flags are restored afterwards)."""
+    from cgan_bench.data import load_dataset
+    from cgan_bench.metrics import classifier
+    seen = []
+
+    def fake_train(train, test, device, epochs, seed=0):
+        seen.append((torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision, seed))
+        return classifier.DomainClassifier(train.n_classes), 0.5
+
+    monkeypatch.setattr(classifier, "train_classifier", fake_train)
+    data = load_dataset("digits", "train", 16)
+    monkeypatch.setattr(torch.backends.cudnn.conv, "fp32_precision", "tf32")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "fp32_precision", "tf32")
+    classifier.load_or_train_classifier(data, data, "cpu", 1, cache_dir=str(tmp_path))
+    classifier.load_or_train_classifier(data, data, "cpu", 1, cache_dir=str(tmp_path), seed=1)
+    assert seen == [("ieee", "ieee", 0), ("ieee", "ieee", 1)]
+    assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == ("tf32", "tf32")
+    assert len(list((tmp_path / "classifiers").glob("*.pt"))) == 2  # the seeded one is cached apart

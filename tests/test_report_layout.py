@@ -261,3 +261,12 @@ def test_evaluator_records_requested_and_used_counts_and_warns_once(tmp_path, ca
     assert (final["n_generated"], final["n_generated_requested"]) == (99, 100)
     assert final["held_out_split"] == "val"
     assert np.isfinite(final["fid"])
+
+
+def test_concat_runs_carry_the_note_that_their_stage_is_a_guess(report, tmp_path):
+    from cgan_bench.report.build import CONCAT_STAGE_NOTE
+    assert CONCAT_STAGE_NOTE in report and "+sweep=concat_stage" in CONCAT_STAGE_NOTE  # this sweep has concat runs
+    for seed in range(2):  # a sweep without hidden concat does not get the note
+        write_run(tmp_path / "sweep", f"p{seed}", "projection", seed, "digits", {**final_numbers("projection", seed),
+                                                                                  **protocol()})
+    assert CONCAT_STAGE_NOTE not in build_report(tmp_path / "sweep", tmp_path / "report", "p").read_text()

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from ..data import ImageData
 from ..io import atomic_torch_save
+from ..train.precision import fp32_math
 from .cache import cache_key, cache_root, fingerprint, load_or_build
 
 
@@ -97,6 +98,10 @@ def load_or_train_classifier(train: ImageData, test: ImageData, device, epochs: 
         model, test_acc = trained
         atomic_torch_save(p, {"model": model.state_dict(), "test_accuracy": test_acc, "key": key})
 
-    model, test_acc = load_or_build(path, load, lambda: train_classifier(train, test, device, epochs, seed=seed or 0),
-                                    save, what=f"the domain classifier for {train.name} ({epochs} epochs{suffix})")
+    def build():  # IEEE fp32 like every metric: cuDNN may otherwise use TF32 on recent GPUs
+        with fp32_math("ieee"):
+            return train_classifier(train, test, device, epochs, seed=seed or 0)
+
+    model, test_acc = load_or_build(path, load, build, save,
+                                    what=f"the domain classifier for {train.name} ({epochs} epochs{suffix})")
     return model.eval().requires_grad_(False), test_acc

@@ -79,6 +79,8 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
                   "than these are not evidence. KID's ± is the standard error of its 100 overlapping subsets.", "",
                   _md(floor)]
     lines += ["## Main table (the paper's layout)", "", _md(tables.metric_table(done, tables.PAPER_METRICS), index=True)]
+    if "head" in done and (done["head"] == "concat").any():
+        lines += ["", CONCAT_STAGE_NOTE]
     modes = tables.mode_table(done)
     if not modes.empty:
         lines += ["## Exact mode counts (stacked digits)", "",
@@ -186,6 +188,11 @@ def _link(link: Path, target: Path) -> None:
 # sweep's report without `overwrite` (report.overwrite=true, --overwrite); the same sweep's is refreshed.
 
 REPORT_NAMES = ("report.md", "runs.csv", "curves.csv", "per_class.csv")
+# Hidden concat's injection point below 128px is this harness's guess: said wherever concat runs are reported.
+CONCAT_STAGE_NOTE = ("Hidden concat (`concat`) joins the label embedding to the feature map before discriminator block "
+                     "`head.stage` (null = the middle of the trunk). The paper's code does so after block 3 of 6 at "
+                     "128px; no 32px code was published, so below 128px the stage is a guess: "
+                     "`python -m cgan_bench -m +sweep=concat_stage` shows how much it matters.")
 REPORT_PNGS = ("curves_*.png", "per_class_*.png", "samples_*.png", "morph_*.png", "finetune_*.png",
                "curves_*.pdf", "per_class_*.pdf", "samples_*.pdf", "morph_*.pdf")  # PDFs: for papers
 OWN_FOLDER = "report"  # every multirun writes <sweep dir>/report/, linked from <sweep dir>/report.md
