@@ -9,6 +9,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..train.samples import STABLE_METADATA  # noqa: E402
 from .tables import HEAD_ORDER  # noqa: E402
 
 
@@ -25,7 +26,7 @@ def _save(fig, title: str, path: Path) -> Path:
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    fig.savefig(path.with_suffix(".pdf"))
+    fig.savefig(path.with_suffix(".pdf"), metadata=STABLE_METADATA["pdf"])
     plt.close(fig)
     return path
 

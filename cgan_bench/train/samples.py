@@ -170,11 +170,16 @@ def grid_figure(grid, row_labels: list[str], n_cols: int, title: str, subtitle: 
     return fig
 
 
+# No creation date in the files: rebuilding a report from the same runs gives the same bytes.
+STABLE_METADATA = {"png": {"Software": None}, "pdf": {"CreationDate": None}}
+
+
 def save_figure(fig, *paths: Path) -> None:
     """Write the figure to each path (PNG or PDF by its suffix), atomically, at FIGURE_DPI."""
     for path in paths:
         path = Path(path)
-        replace_atomically(path, lambda f: fig.savefig(f, format=path.suffix.lstrip(".").lower(), dpi=FIGURE_DPI))
+        kind = path.suffix.lstrip(".").lower()
+        replace_atomically(path, lambda f: fig.savefig(f, format=kind, dpi=FIGURE_DPI, metadata=STABLE_METADATA[kind]))
 
 
 def class_grid_figure(grid, class_names: list[str], classes: list[int], n_cols: int, title: str,
