@@ -25,7 +25,7 @@ def swept_jobs(name: str) -> list[list[str]]:
 
 
 def test_every_recipe_is_found():
-    assert {"digits", "stacked", "paper_cifar", "hparams", "heads_extended", "concat_stage"} <= set(SWEEPS)
+    assert {"digits", "stacked", "paper_cifar", "hparams", "heads_extended", "concat_stage", "finetune", "paper_imagenet"} <= set(SWEEPS)
 
 
 @pytest.mark.parametrize("name", SWEEPS)

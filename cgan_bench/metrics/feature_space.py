@@ -74,8 +74,9 @@ class FeatureSpace:
         """(features, IS logits) as float32 CPU tensors, one pass in large batches. `progress`: the label of a
         progress bar over the images (stderr), for the one-time reference pass; None = no bar."""
         feats, logits = [], []
-        with exact_float32(), tqdm(total=len(images), desc=progress, unit="img", disable=progress is None,
-                                   dynamic_ncols=True, mininterval=1.0) as bar:
+        quiet = {"disable": True} if progress is None else {}  # with a bar, TQDM_DISABLE=1 still silences it
+        with exact_float32(), tqdm(total=len(images), desc=progress, unit="img", dynamic_ncols=True, mininterval=1.0,
+                                   **quiet) as bar:
             for batch in images.split(batch_size):
                 f, l = self.model(batch)
                 feats.append(f.float().cpu())

@@ -347,8 +347,9 @@ class Trainer:
         start_it = self.iteration
         t0, last = time.perf_counter(), time.perf_counter()
         self.status("running", start_it, t0)
+        quiet = {} if self.main else {"disable": True}  # rank 0's bar; TQDM_DISABLE=1 still silences it
         bar = tqdm(total=t.iterations, initial=self.iteration, desc=f"{self.cfg.head.name}", unit="it",
-                   dynamic_ncols=True, mininterval=1.0, disable=not self.main)
+                   dynamic_ncols=True, mininterval=1.0, **quiet)
         several = distributed.world_size() > 1
         with PreemptionSignals() as preemption, bar:  # the bar is closed on any exit (its line ends before errors)
             while self.iteration < t.iterations:
