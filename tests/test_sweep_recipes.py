@@ -13,6 +13,8 @@ from cgan_bench.train.loop import build_models
 
 SWEEPS = sorted(p.stem for p in (Path(CONF_DIR) / "sweep").glob("*.yaml"))
 N_CLASSES = {"digits": 10, "stacked_digits": 10, "cifar10": 10, "cifar100": 100}
+# What the recipe's header says to add on the command line (ImageNet's folder is the user's).
+COMMAND_LINE = {"paper_imagenet": ["dataset.path=/data/imagenet"]}
 
 
 def swept_jobs(name: str) -> list[list[str]]:
@@ -34,7 +36,8 @@ def test_recipe_composes_for_every_swept_value(name):
     assert jobs, f"{name} sweeps nothing"
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         for job in jobs:
-            cfg = compose("config", overrides=["wandb.mode=disabled", f"+sweep={name}", *job])
+            cfg = compose("config", overrides=["wandb.mode=disabled", f"+sweep={name}", *job,
+                                               *COMMAND_LINE.get(name, [])])
             validate(cfg)
             check_known_keys(cfg)
             assert cfg.sweep_name == name
