@@ -130,15 +130,21 @@ def test_tac_forward_reads_the_three_linear_layers():
     np.testing.assert_allclose(out.twin_logits.numpy(), PHI_REAL @ w(head.twin).T + b(head.twin), rtol=1e-5, atol=1e-5)
 
 
-def test_tac_losses_match_the_paper():
-    cls_w, twin_d, twin_g = 0.7, 1.3, 0.4
-    head = frozen_head("tac", cls_weight=cls_w, twin_d_weight=twin_d, twin_g_weight=twin_g)
+def aux_losses_and_class_logits(head) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """The head's D and G auxiliary losses on the fixed real/fake batch, and its classifier's logits computed by
+    hand (numpy) on both."""
     yr, yf = t(Y_REAL, torch.long), t(Y_FAKE, torch.long)
     with torch.no_grad():
         real, fake = head(t(PHI_REAL), yr), head(t(PHI_FAKE), yf)
         d, g = head.d_aux_loss(real, yr, fake, yf).item(), head.g_aux_loss(fake, yf).item()
-    c_real = PHI_REAL @ w(head.classifier).T + b(head.classifier)
-    c_fake = PHI_FAKE @ w(head.classifier).T + b(head.classifier)
+    return (d, g, PHI_REAL @ w(head.classifier).T + b(head.classifier),
+            PHI_FAKE @ w(head.classifier).T + b(head.classifier))
+
+
+def test_tac_losses_match_the_paper():
+    cls_w, twin_d, twin_g = 0.7, 1.3, 0.4
+    head = frozen_head("tac", cls_weight=cls_w, twin_d_weight=twin_d, twin_g_weight=twin_g)
+    d, g, c_real, c_fake = aux_losses_and_class_logits(head)
     mi_fake = PHI_FAKE @ w(head.twin).T + b(head.twin)
     # D: C on real data only, C_mi on fakes; G: C's CE on its fakes minus C_mi's
     expected_d = cls_w * ref_cross_entropy(c_real, Y_REAL) + twin_d * ref_cross_entropy(mi_fake, Y_FAKE)
@@ -190,12 +196,7 @@ def test_multi_hinge_forward_is_projection_plus_k_logits():
 def test_multi_hinge_losses_match_the_paper():
     d_w, g_w, g_margin = 0.8, 0.3, 0.6
     head = frozen_head("multi_hinge", d_aux_weight=d_w, g_aux_weight=g_w, g_margin=g_margin)
-    yr, yf = t(Y_REAL, torch.long), t(Y_FAKE, torch.long)
-    with torch.no_grad():
-        real, fake = head(t(PHI_REAL), yr), head(t(PHI_FAKE), yf)
-        d, g = head.d_aux_loss(real, yr, fake, yf).item(), head.g_aux_loss(fake, yf).item()
-    c_real = PHI_REAL @ w(head.classifier).T + b(head.classifier)
-    c_fake = PHI_FAKE @ w(head.classifier).T + b(head.classifier)
+    d, g, c_real, c_fake = aux_losses_and_class_logits(head)
     assert d == pytest.approx(d_w * (ref_multi_hinge(c_real, Y_REAL, 1.0) + ref_multi_hinge(c_fake, Y_FAKE, 1.0)),
                               rel=1e-5)
     assert g == pytest.approx(g_w * ref_multi_hinge(c_fake, Y_FAKE, g_margin), rel=1e-5)
