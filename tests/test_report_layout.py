@@ -270,3 +270,13 @@ def test_concat_runs_carry_the_note_that_their_stage_is_a_guess(report, tmp_path
         write_run(tmp_path / "sweep", f"p{seed}", "projection", seed, "digits", {**final_numbers("projection", seed),
                                                                                   **protocol()})
     assert CONCAT_STAGE_NOTE not in build_report(tmp_path / "sweep", tmp_path / "report", "p").read_text()
+
+
+def test_report_command_titles_a_sweep_by_its_sweep_name(tmp_path):
+    from cgan_bench.report.__main__ import main
+    write_run(tmp_path / "runs", "p0", "projection", 0, "digits", {**final_numbers("projection", 0), **protocol()})
+    (tmp_path / "runs" / "multirun.yaml").write_text(yaml.safe_dump({"sweep_name": "my_study", "seed": 0}))
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "report.md").read_text().startswith("# cgan-bench report: my_study\n")
+    assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "rep2"), "--title", "other"]) == 0
+    assert (tmp_path / "rep2" / "report.md").read_text().startswith("# cgan-bench report: other\n")

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from .build import OWN_FOLDER, ReportExists, write_report
+from .collect import _read_yaml
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,7 +16,8 @@ def main(argv: list[str] | None = None) -> int:
                              "refused unless --overwrite")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the report of another sweep found in --out")
-    parser.add_argument("--title", default=None, help="report title (default: the sweep folder's name)")
+    parser.add_argument("--title", default=None,
+                        help="report title (default: the sweep's sweep_name from multirun.yaml, else its folder's name)")
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         print(f"error: {args.sweep_dir} is not a directory; pass the sweep folder (e.g. multirun/2026-...)",
@@ -23,7 +25,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = args.out or args.sweep_dir / OWN_FOLDER
     try:
-        report = write_report(args.sweep_dir, out, args.title, overwrite=args.overwrite)
+        title = args.title or _read_yaml(args.sweep_dir / "multirun.yaml").get("sweep_name")
+        report = write_report(args.sweep_dir, out, title, overwrite=args.overwrite)
     except ReportExists as err:
         print(f"error: {err}; nothing written", file=sys.stderr)
         return 2
