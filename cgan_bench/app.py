@@ -32,6 +32,7 @@ from .io import atomic_write_text
 from .metrics.feature_space import WeightsMissingError, make_feature_space
 from .tracking import WandbTracker, resolve_mode
 from .train import distributed, finetune
+from .train.cuda_graph import check_supported as check_graph_supported
 from .train.checkpoint import CheckpointUnreadable, load_best
 from .train.loop import Diverged, Preempted, PreemptionSignals, ResumeConfigMismatch, ResumePastBudget, Trainer
 from .train.precision import resolve_precision
@@ -101,6 +102,15 @@ def refuse_cpu_fallback(cfg: DictConfig, device: torch.device) -> None:
     name = f"train={recipe}" if recipe else "this train recipe (train.gpu_recipe=true)"
     raise ConfigError(f"{name} is a GPU recipe ({cfg.train.iterations} iterations) but no CUDA device is visible; "
                       f"set device=cpu to run it on the CPU anyway, or train=quick")
+
+
+def refuse_unsupported_graph(cfg: DictConfig, device: torch.device) -> None:
+    """train.cuda_graph=true where it cannot run (train/cuda_graph.py): one line before the data is loaded. A
+    dataset that dataset.storage=auto streams is only known once loaded; the Trainer refuses it then."""
+    streamed = cfg.dataset.get("storage", "auto") == "stream"
+    refusal = check_graph_supported(cfg, device, distributed.world_size(), streamed)
+    if refusal:
+        raise ConfigError(refusal)
 
 
 def describe_device(device: torch.device, requested: str) -> str:
@@ -257,6 +267,7 @@ def _run_job_locked(cfg: DictConfig, run_dir: Path, group: str, job_num: int) ->
         distributed.check_config(cfg)
         device = distributed.rank_device(resolve_device(str(cfg.device), job_num))
         refuse_cpu_fallback(cfg, device)  # before start_over: a refused resume=false run deletes nothing
+        refuse_unsupported_graph(cfg, device)
         if not cfg.resume:
             start_over(run)
         d = cfg.dataset

@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .app import CONF_DIR, resolve_device
 from .config import ConfigError, validate
 from .data import ImageData
+from .train.cuda_graph import WARMUP, check_supported as check_graph_supported
 from .train.loop import LOSSES, Trainer, dequantize
 from .train.run_dir import RunDir
 from .train.samples import to_uint8
@@ -65,12 +66,12 @@ def count_flops(fn) -> int:
 def count_step_flops(trainer: Trainer) -> int:
     """FLOPs of one training step, counted on the eager modules (a compiled graph runs fused kernels the
     counter cannot see; the arithmetic is the same)."""
-    fast = trainer.G_fast, trainer.D_fast
-    trainer.G_fast, trainer.D_fast = trainer.G, trainer.D
+    fast = trainer.G_fast, trainer.D_fast, trainer.graphed_step
+    trainer.G_fast, trainer.D_fast, trainer.graphed_step = trainer.G, trainer.D, None  # an eager step, not a capture
     try:
         return count_flops(trainer.step)
     finally:
-        trainer.G_fast, trainer.D_fast = fast
+        trainer.G_fast, trainer.D_fast, trainer.graphed_step = fast
 
 
 def synthetic_data(n_classes: int, resolution: int, device, n: int = 4096) -> ImageData:
@@ -148,8 +149,11 @@ def bench_head(cfg, device, args, run_dir) -> dict:
     synchronize(device)
     first_s = time.perf_counter() - t0
     flops = count_step_flops(trainer)
-    sec = time_call(trainer.step, device, args.warmup, args.repeats)
+    # train.cuda_graph: its eager warm-up iterations and the capture come before the timed replays
+    warmup = args.warmup + (WARMUP + 1 if trainer.graphed_step is not None else 0)
+    sec = time_call(trainer.step, device, warmup, args.repeats)
     row = {"head": head, "precision": trainer.precision, "precision_config": t.precision, "compile": bool(t.compile),
+           "compile_mode": str(t.compile_mode), "cuda_graph": trainer.graphed_step is not None,
            "channels_last": bool(t.channels_last),
            "ms_per_it": 1e3 * sec, "it_per_s": 1.0 / sec, "gflop_per_it": flops / 1e9,
            "tflop_per_s": flops / sec / 1e12, "first_it_s": first_s}
@@ -362,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = make_config(args.overrides)
         device = resolve_device(str(cfg.device))
+        refusal = check_graph_supported(cfg, device, 1, False)
+        if refusal:
+            raise ConfigError(refusal)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -393,8 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"device: {result['device']}, torch {result['torch']}, {result['method']}")
         print(f"config: {result['config']}\n")
-        print(format_table(result["train"], ["head", "precision", "compile", "channels_last", "ms_per_it", "it_per_s",
-                                             "gflop_per_it", "tflop_per_s", "peak_fraction", "first_it_s",
+        print(format_table(result["train"], ["head", "precision", "compile", "cuda_graph", "channels_last", "ms_per_it",
+                                             "it_per_s", "gflop_per_it", "tflop_per_s", "peak_fraction", "first_it_s",
                                              "baseline_ms_per_it", "speedup_vs_baseline"]))
         if "eval" in result:
             print()

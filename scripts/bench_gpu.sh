@@ -47,7 +47,14 @@ PY
         echo "   FAILED (see $name.err)"; failed=1
     fi
 }
+# the graph path's correctness on this GPU first (tests/test_cuda_graph.py; needs pytest: carry its wheel)
+if python3 -c "import pytest" 2>/dev/null; then
+    echo "== pytest -m cuda"
+    python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda_graph.py 2>&1 | tail -n 30 | tee "$out/pytest_cuda.txt"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || failed=1
+fi
 # cheapest and newest first, so a time limit cuts the least useful rows
+bench bf16_cuda_graph --heads projection train.precision=bf16 train.cuda_graph=true "$@"
 bench fp32 --heads projection train.precision=fp32 --baseline "$@"
 bench tf32 --heads projection train.precision=tf32 "$@"
 bench bf16 --heads projection train.precision=bf16 "$@"
@@ -59,4 +66,5 @@ bench fp32_contiguous --heads projection train.precision=fp32 train.channels_las
 bench bf16_heads train.precision=bf16 --eval "$@"
 # several jobs of a sweep sharing this one GPU (bf16: what train.precision=auto picks on an H100)
 bench packing --heads projection train.precision=bf16 --jobs 1,2,4,8 "$@"
+bench packing_cuda_graph --heads projection train.precision=bf16 train.cuda_graph=true --jobs 1,2,4,8 "$@"
 exit $failed

@@ -22,7 +22,8 @@ def test_bench_json_has_every_field(capsys):
             assert row[key] > 0, key
         assert row["it_per_s"] * row["ms_per_it"] == __import__("pytest").approx(1000.0)
         assert row["peak_fraction"] is None  # no peak is claimed for a CPU
-        assert row["precision"] == "fp32" and row["compile"] is False
+        assert row["precision"] == "fp32" and row["compile"] is False and row["cuda_graph"] is False
+        assert row["compile_mode"] == "default"
     ev = out["eval"]
     for key in ("generated_img_per_s", "features_img_per_s", "final_eval_s"):
         assert ev[key] > 0

@@ -17,14 +17,14 @@ from cgan_bench.train.loop import Trainer
 from cgan_bench.train.run_dir import RunDir
 
 
-def trained_state(tmp_path, *overrides: str, iterations: int = 3) -> tuple[dict, list[dict]]:
+def trained_state(tmp_path, *overrides: str, iterations: int = 3, device: str = "cpu") -> tuple[dict, list[dict]]:
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose("config", overrides=["wandb.mode=disabled", "train=smoke", "train.n_dis=2", "model.g_ch=16",
                                            "model.d_ch=16", "model.z_dim=16", "train.lr=2e-3",
                                            "train.iterations=100", *overrides])  # no LR decay to 0 within 3 steps
     validate(cfg)
-    data = synthetic_data(10, 16, torch.device("cpu"), n=256)
-    trainer = Trainer(cfg, data, RunDir(tmp_path / "_".join(overrides)), torch.device("cpu"))
+    data = synthetic_data(10, 16, torch.device(device), n=256)
+    trainer = Trainer(cfg, data, RunDir(tmp_path / "_".join(overrides)), torch.device(device))
     losses = [{k: v.item() for k, v in trainer.step().items()} for _ in range(iterations)]
     conv = trainer.D.blocks[0].conv1
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) == cfg.train.channels_last
@@ -32,7 +32,8 @@ def trained_state(tmp_path, *overrides: str, iterations: int = 3) -> tuple[dict,
     g = torch.Generator().manual_seed(1)
     z, y = torch.randn(20, cfg.model.z_dim, generator=g), torch.arange(20) % 10
     with torch.no_grad():
-        state["G(z, y)"] = trainer.G.train()(z, y)
+        state["G(z, y)"] = trainer.G.train()(z.to(device), y.to(device))
+    state = {k: v.cpu() for k, v in state.items()}
     return state, losses
 
 

@@ -19,6 +19,7 @@ from ..heads import build_head, head_params
 from ..models import Discriminator, Generator, trunk_layout
 from . import distributed
 from .checkpoint import is_better, load_best, load_checkpoint, rng_state, save_best, save_checkpoint, set_rng_state
+from .cuda_graph import GraphedStep, check_supported, learning_rates_as, plain_numbers
 from .losses import LOSSES
 from .precision import fp32_math, fp32_math_mode, resolve_precision
 from .run_dir import RunDir
@@ -70,7 +71,7 @@ def resume_relevant(cfg) -> dict:
 # Keys added to the configs after a checkpoint was written, with the value that reproduces the old behaviour:
 # a checkpoint without the key resumes when the current value is that one.
 ADDED_KEYS = {"train.compile_mode": "default", "dataset.channels_apart": False, "eval.mode_collapse_fraction": 0.5,
-              "head.bias": False, "train.sync_bn": False}  # head=projection's bias (model.projection_bias, the ImageNet nets)
+              "head.bias": False, "train.sync_bn": False, "train.cuda_graph": False}  # head=projection's bias (model.projection_bias, the ImageNet nets)
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
@@ -152,6 +153,15 @@ class Trainer:
         decay = linear_decay(t.iterations, t.lr_decay_start)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, decay)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, decay)
+        # train.cuda_graph (train/cuda_graph.py): the whole update replayed as one CUDA graph; None = eager steps
+        refusal = check_supported(self.cfg, self.device, distributed.world_size(), not isinstance(self.data, ImageData))
+        if refusal:
+            from ..config import ConfigError
+            raise ConfigError(refusal)
+        self.graphed = bool(t.get("cuda_graph", False))
+        self.graphed_step = GraphedStep(self._update, self.device) if self.graphed else None
+        for opt in (self.opt_g, self.opt_d):  # after the schedulers: they keep float base learning rates
+            learning_rates_as(opt, self.graphed, self.device)
         self.loss_d, self.loss_g = LOSSES[t.loss]
         self.iteration, self.wall_s, self.train_it_per_s = 0, 0.0, None
         # the best curve score so far (eval.best_metric; None = keep no best.pt), part of the resumable state;
@@ -161,9 +171,10 @@ class Trainer:
 
     # ---- state -------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"G": self.G.state_dict(), "D": self.D.state_dict(), "opt_g": self.opt_g.state_dict(),
-                "opt_d": self.opt_d.state_dict(), "sched_g": self.sched_g.state_dict(),
-                "sched_d": self.sched_d.state_dict(), "iteration": self.iteration, "wall_s": self.wall_s,
+        # plain_numbers: a graphed run's lr tensors as floats, so either path resumes the other's checkpoint
+        return {"G": self.G.state_dict(), "D": self.D.state_dict(), "opt_g": plain_numbers(self.opt_g.state_dict()),
+                "opt_d": plain_numbers(self.opt_d.state_dict()), "sched_g": plain_numbers(self.sched_g.state_dict()),
+                "sched_d": plain_numbers(self.sched_d.state_dict()), "iteration": self.iteration, "wall_s": self.wall_s,
                 "rng": rng_state(self.device), "config": resume_relevant(self.cfg), "generator": self.generator_info(),
                 "best": self.best}
 
@@ -185,6 +196,10 @@ class Trainer:
         self.opt_d.load_state_dict(state["opt_d"])
         self.sched_g.load_state_dict(state["sched_g"])
         self.sched_d.load_state_dict(state["sched_d"])
+        for opt in (self.opt_g, self.opt_d):
+            learning_rates_as(opt, self.graphed, self.device)
+        if self.graphed_step is not None:  # the optimizers' state tensors were replaced: capture again
+            self.graphed_step.reset()
         self.iteration, self.wall_s = state["iteration"], state["wall_s"]
         set_rng_state(state["rng"], self.device)
 
@@ -276,16 +291,23 @@ class Trainer:
         return distributed.shard(z), distributed.shard(y)
 
     def autocast(self):
-        """bf16 autocast for the networks when the resolved precision is bf16 (losses and logits stay fp32)."""
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        """bf16 autocast for the networks when the resolved precision is bf16 (losses and logits stay fp32).
+        A CUDA graph must not capture autocast's cache of cast weights (PyTorch's CUDA-graph notes)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16",
+                              cache_enabled=not self.graphed)
 
     def step(self) -> dict[str, torch.Tensor]:
-        """One G update then n_dis D updates; returns device tensors (no host sync here). fp32 math is IEEE
-        (TF32 only for precision tf32) inside the step; the global settings are restored after it."""
+        """One G update then n_dis D updates, then the LR schedule; returns device tensors (no host sync here).
+        With train.cuda_graph the update is a graph replay (train/cuda_graph.py). fp32 math is IEEE (TF32 only
+        for precision tf32) inside the step; the global settings are restored after it."""
         with fp32_math(fp32_math_mode(self.precision)):
-            return self._step()
+            losses = self.graphed_step() if self.graphed_step is not None else self._update()
+        self.sched_g.step()  # outside the graph: fills the lr tensors a graph reads
+        self.sched_d.step()
+        return losses
 
-    def _step(self) -> dict[str, torch.Tensor]:
+    def _update(self) -> dict[str, torch.Tensor]:
+        """The device work of one iteration (what a CUDA graph captures): no host syncs, no Python-side state."""
         t, head, G, D, D_sync = self.cfg.train, self.D.head, self.G_fast, self.D_fast, self.D_sync
         z, y_fake = self.fake_batch(t.batch_g)
         with self.autocast():
@@ -313,8 +335,6 @@ class Trainer:
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_d.step()
-        self.sched_g.step()
-        self.sched_d.step()
         return {"d_loss": d_loss.detach(), "g_loss": g_loss.detach(),
                 "d_real": out_real.adv.detach().float().mean(), "d_fake": out_fake.adv.detach().float().mean(),
                 **{k: v.detach() for k, v in extra.items()}}

@@ -1,0 +1,150 @@
+"""train.cuda_graph (train/cuda_graph.py): the whole update replayed as one CUDA graph.
+
+On a CPU: the refusals (one line, before data is loaded), and the two mechanisms the graph relies on that run
+anywhere: the LR schedule fills the same lr tensor a graph reads (never replaces it), and checkpoints hold
+plain floats whichever path wrote them. Where CUDA exists (`pytest -m cuda` on a GPU machine): the graph path
+trains the same model as the eager step, and kill/resume, SIGTERM preemption and divergence detection work on it.
+"""
+import json
+import signal
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from cgan_bench.train.cuda_graph import WARMUP, check_supported, learning_rates_as, plain_numbers
+from cgan_bench.train.loop import linear_decay
+from conftest import SMOKE, run_cli
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+
+
+def train_cfg(**train):
+    return OmegaConf.create({"train": {"cuda_graph": True, "compile": False, "compile_mode": "default", **train}})
+
+
+def test_each_unsupported_setting_is_refused_with_its_fix():
+    cuda = torch.device("cuda:0")  # only its type is read: no GPU needed
+    assert check_supported(train_cfg(), cuda, 1, False) is None
+    assert check_supported(train_cfg(cuda_graph=False), torch.device("cpu"), 4, True) is None
+    cases = {
+        (torch.device("cpu"), 1, False, "default"): ("needs a CUDA device", "train.cuda_graph=false"),
+        (cuda, 2, False, "default"): ("2 processes", "train.cuda_graph=false"),
+        (cuda, 1, True, "default"): ("streamed from disk", "dataset.storage=device"),
+        (cuda, 1, False, "reduce-overhead"): ("cannot nest", "train.compile_mode=default"),
+    }
+    for (device, world, streamed, mode), (problem, fix) in cases.items():
+        line = check_supported(train_cfg(compile=True, compile_mode=mode), device, world, streamed)
+        assert problem in line and fix in line and "\n" not in line
+
+
+def test_the_cli_refuses_a_graph_on_the_cpu_in_one_line_before_loading_data(tmp_path):
+    run_dir = tmp_path / "run"
+    # CIFAR-10 is absent from this root and may not be downloaded: loading it first would fail differently
+    r = run_cli("dataset=cifar10", *SMOKE, "device=cpu", "train.cuda_graph=true", "dataset.download=false",
+                f"dataset.root={tmp_path / 'nothing_here'}", f"hydra.run.dir={run_dir}")
+    assert r.returncode == 2, r.stderr[-2000:]
+    errors = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and "train.cuda_graph=true needs a CUDA device" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_the_schedule_fills_the_lr_tensor_a_graph_reads_and_matches_float_learning_rates():
+    """A captured Adam step reads its lr tensor's address: the scheduler must write into that tensor (never
+    assign a new one), and give the values the float schedule gives."""
+    decay = linear_decay(10, 4)
+    rates = {}
+    for graphed in (False, True):
+        p = torch.nn.Parameter(torch.ones(3))
+        opt = torch.optim.Adam([p], lr=2e-4, betas=(0.0, 0.9))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, decay)
+        learning_rates_as(opt, graphed, torch.device("cpu"))
+        held = opt.param_groups[0]["lr"]
+        assert isinstance(held, torch.Tensor) == graphed and opt.param_groups[0]["capturable"] == graphed
+        opt.param_groups[0]["capturable"] = False  # Adam's capturable step runs on GPUs only; the lr is the point
+        rates[graphed] = []
+        for _ in range(10):
+            p.grad = torch.ones(3)
+            opt.step()
+            sched.step()
+            rates[graphed].append(float(opt.param_groups[0]["lr"]))
+        assert not graphed or opt.param_groups[0]["lr"] is held  # the same tensor object, filled in place
+        assert sched.base_lrs == [2e-4] and not isinstance(sched.base_lrs[0], torch.Tensor)  # no device syncs
+    assert rates[True] == pytest.approx(rates[False], rel=1e-6)
+    assert rates[False][3] == pytest.approx(2e-4) and rates[False][-1] == 0.0
+
+
+def test_checkpoints_hold_plain_floats_whichever_path_wrote_them():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.Adam([p], lr=2e-4, betas=(0.0, 0.9))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(10, 0))
+    learning_rates_as(opt, True, torch.device("cpu"))
+    opt.param_groups[0]["capturable"] = False
+    p.grad = torch.ones(3)
+    opt.step()
+    sched.step()
+    saved_opt, saved_sched = plain_numbers(opt.state_dict()), plain_numbers(sched.state_dict())
+    group = saved_opt["param_groups"][0]
+    assert type(group["lr"]) is float and group["lr"] == pytest.approx(1.8e-4)
+    assert isinstance(saved_opt["state"][0]["exp_avg"], torch.Tensor)  # Adam's moments untouched
+    assert all(type(v) is float for v in saved_sched["_last_lr"] + saved_sched["base_lrs"])
+    # an eager optimizer resumes it with a float learning rate; a graphed one gets its tensor back
+    fresh = torch.optim.Adam([torch.nn.Parameter(torch.ones(3))], lr=1.0, betas=(0.0, 0.9))
+    fresh.load_state_dict(saved_opt)
+    learning_rates_as(fresh, False, torch.device("cpu"))
+    assert type(fresh.param_groups[0]["lr"]) is float and fresh.param_groups[0]["lr"] == pytest.approx(1.8e-4)
+    learning_rates_as(fresh, True, torch.device("cpu"))
+    assert float(fresh.param_groups[0]["lr"]) == pytest.approx(1.8e-4)
+
+
+# ---- on a CUDA device ------------------------------------------------------------------------------
+CUDA_RUN = [*SMOKE, "device=cuda", "train.cuda_graph=true"]
+
+
+@needs_cuda
+@pytest.mark.cuda
+def test_graph_trains_the_same_model_as_the_eager_step(tmp_path):
+    """WARMUP eager iterations, the capture (replayed once), then replays: the same losses and D weights as
+    eager steps from the same seed, up to rounding."""
+    from test_fast_path import assert_same_training, trained_state
+    n = WARMUP + 4
+    eager = trained_state(tmp_path, "train.cuda_graph=false", "train.precision=fp32", iterations=n, device="cuda")
+    graphed = trained_state(tmp_path, "train.cuda_graph=true", "train.precision=fp32", iterations=n, device="cuda")
+    assert_same_training(eager, graphed, tol=1e-4)
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_graph_path_kill_and_resume_is_bitwise_identical(tmp_path):
+    from test_reliability import LONG, start_cli, wait_for_iteration
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    args = [*LONG, "device=cuda", "train.cuda_graph=true"]
+    assert run_cli(*args, f"hydra.run.dir={straight}").returncode == 0
+    proc = start_cli(*args, f"hydra.run.dir={killed}")
+    wait_for_iteration(killed, 12, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = run_cli(*args, f"hydra.run.dir={killed}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    a = torch.load(straight / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(killed / "checkpoints" / "last.pt", weights_only=True)
+    for net in ("G", "D"):
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs"
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_graph_path_sigterm_preempts_and_divergence_is_detected(tmp_path):
+    from test_reliability import LONG, start_cli, wait_for_iteration
+    run_dir = tmp_path / "run"
+    proc = start_cli(*LONG, "device=cuda", "train.cuda_graph=true", f"hydra.run.dir={run_dir}")
+    wait_for_iteration(run_dir, 6, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "preempted by SIGTERM" in err, err[-2000:]
+    assert json.loads((run_dir / "status.json").read_text())["state"] == "preempted"
+    r = run_cli(*CUDA_RUN, "train.lr=1e30", f"hydra.run.dir={tmp_path / 'diverged'}")
+    assert r.returncode == 3 and "run diverged" in r.stderr, r.stderr[-2000:]
