@@ -7,6 +7,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from ..train.samples import STABLE_METADATA  # noqa: E402
@@ -51,15 +52,19 @@ def curve_plot(curves: pd.DataFrame, column: str, out: Path) -> Path | None:
         for k, head in enumerate(_heads(c)):
             color = f"C{k}"
             g = curve[curve["head"] == head].groupby("iteration")[metric].agg(["mean", "min", "max"]).reset_index()
-            ax.plot(g["iteration"], g["mean"], marker="o", ms=3, color=color, label=f"{head} (curve)")
+            ax.plot(g["iteration"], g["mean"], marker="o", ms=3, color=color)
             ax.fill_between(g["iteration"], g["min"], g["max"], color=color, alpha=0.2)
             f = final[final["head"] == head].groupby("iteration")[metric].mean().reset_index()
-            ax.plot(f["iteration"], f[metric], marker="*", ms=12, ls="none", color=color, mec="black", mew=0.6,
-                    label=f"{head} (final)")
+            ax.plot(f["iteration"], f[metric], marker="*", ms=12, ls="none", color=color, mec="black", mew=0.6)
         ax.set_xlabel("generator iteration")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
+    # one entry per head (its colour) and one per marker, outside the axes: with 8 heads an inside legend hid
+    # the FID curves
+    handles = [Line2D([], [], color=f"C{k}", lw=2, label=head) for k, head in enumerate(_heads(c))]
+    handles += [Line2D([], [], color="black", marker="o", ms=3, label="curve (mean over seeds)"),
+                Line2D([], [], color="white", marker="*", ms=12, ls="none", mec="black", mew=0.6, label="final")]
+    axes[-1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return _save(fig, f"{column}: curve evaluations (lines, n generated = {_sizes(curve)}; band = min..max over "
                       f"seeds) and final evaluations (stars, n generated = {_sizes(final)})",
                  out / f"curves_{_slug(column)}.png")
