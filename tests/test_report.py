@@ -6,11 +6,13 @@ import re
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from google.protobuf.message import DecodeError
 from PIL import Image
 
 from conftest import SMOKE, run_cli
@@ -167,6 +169,8 @@ def read_wandb_records(path: Path) -> list:
             pos += left
             continue
         _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if pos + 7 + length > len(data):  # the writer has not flushed this record yet
+            raise DecodeError(f"{path} ends inside a record")
         chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
         if kind == 0:  # zero padding up to the end of a block
             pos += left - 7 - length
@@ -177,6 +181,20 @@ def read_wandb_records(path: Path) -> list:
             record.ParseFromString(pending)
             records.append(record)
     return records
+
+
+def read_complete(path: Path, wait_s: float = 30.0) -> list:
+    """The records of a .wandb file once W&B's writer (its own service process) has flushed the last one: on a
+    loaded machine finish() can return while the tail is still being written, which parses as a corrupt or
+    truncated record; read again until it parses whole."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return read_wandb_records(path)
+        except DecodeError:  # google.protobuf's
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def history_rows(records) -> list[dict]:
@@ -206,7 +224,7 @@ def test_wandb_offline_run_has_group_tags_metrics_and_images(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1
-    records = read_wandb_records(files[0])
+    records = read_complete(files[0])
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     assert run.run_group == "run" and run.job_type == "projection"
     assert {"digits", "projection", "seed4", "train.iterations=3", "seed=4"} <= set(run.tags)
@@ -244,9 +262,9 @@ def test_each_sweep_job_gets_its_own_wandb_run(tmp_path):
     for run_dir in sorted(p for p in sweep.iterdir() if p.is_dir() and (p / ".hydra").exists()):
         files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
         assert len(files) == 1, run_dir
-        record = next(x.run for x in read_wandb_records(files[0]) if x.WhichOneof("record_type") == "run")
+        record = next(x.run for x in read_complete(files[0]) if x.WhichOneof("record_type") == "run")
         runs[record.run_id] = (record.job_type, record.run_group)
-        history = history_rows(read_wandb_records(files[0]))
+        history = history_rows(read_complete(files[0]))
         assert [h["iteration"] for h in history if "train/d_loss" in h] == [1, 2]  # only this job's steps
     assert len(runs) == 2  # two distinct runs, not one reused
     assert sorted(job for job, _ in runs.values()) == ["concat", "projection"]

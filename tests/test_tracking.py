@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import SMOKE, run_cli
-from test_report import history_rows, read_wandb_records
+from test_report import history_rows, read_complete
 from cgan_bench.tracking import WandbTracker, run_name, run_tags
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def read_run(run_dir: Path):
     """(run record, final config, final summary, all records) of the one offline W&B run under run_dir."""
     files = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(files) == 1, files
-    records = read_wandb_records(files[0])
+    records = read_complete(files[0])
     run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
     config, summary = {}, {}
     apply_updates(config, run.config.update)
