@@ -14,7 +14,6 @@ import shutil
 import sys
 import tempfile
 import time
-from importlib.resources import files
 from pathlib import Path
 
 import hydra
@@ -24,8 +23,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from .config import (ConfigError, _roots, check_against_data, check_group_overrides, check_key_overrides,
-                     group_options, validate)
+from .cli_help import CONF_DIR, sweep_without_multirun, usage, version_line
+from .config import ConfigError, check_against_data, check_group_overrides, check_key_overrides, validate
 from .data import DataMissingError, load_dataset
 from .heads import UnknownHeadError
 from .io import atomic_write_text
@@ -41,7 +40,6 @@ from .train.run_lock import RunDirBusy, RunDirLock
 from .train.samples import save_final_figures
 
 log = logging.getLogger("cgan_bench")
-CONF_DIR = str(files("cgan_bench.conf"))
 USER_ERRORS = (ConfigError, DataMissingError, WeightsMissingError, UnknownHeadError, ResumeConfigMismatch,
                RunDirBusy, CheckpointUnreadable)
 # A run directory that cannot be written: disk full, read-only, no permission, quota (one line, exit code 2).
@@ -169,7 +167,7 @@ def run_job(cfg: DictConfig, run_dir: Path, group: str = "single", job_num: int 
 
 
 def final_evaluation(trainer: Trainer) -> dict:
-    """The final evaluation, preemptible like training: SIGTERM/SIGUSR1 stop it between generation batches,
+    """The final evaluation, preemptible like training: SIGTERM/SIGUSR1/SIGUSR2 stop it between generation batches,
     the run is marked `preempted` (its last checkpoint is at the final iteration) and a rerun evaluates again."""
     from .metrics.evaluator import EvaluationStopped
     with PreemptionSignals() as preemption:
@@ -185,8 +183,43 @@ def best_evaluation(trainer: Trainer, final: dict) -> dict | None:
     protocol: a metrics line with phase "best" (its `iteration` is the run's last, `best_iteration` the
     generator's) and per_class_best.csv; preemptible like the final evaluation. Where the best is the final
     generator, the final line is written again as the best one (same weights, same noise: the same numbers).
-    None where no best is kept (eval.best_metric null, or no curve evaluation)."""
+    None where no best is kept (eval.best_metric null, or no curve evaluation).
+    A multi-process run: rank 0 decides (it alone reads the run directory) and every rank takes part in the
+    evaluation (sharded, metrics/evaluator.py)."""
     from .metrics.evaluator import EvaluationStopped
+    plan = _best_plan(trainer, final) if trainer.main else None
+    if distributed.world_size() > 1:
+        plan = distributed.broadcast_state(plan)
+    if plan is None:
+        return None
+    extra, run = plan["extra"], trainer.run
+    if extra["best_is_final"]:
+        record = {**final, "phase": "best", **extra}
+        if trainer.main:
+            run.log(record)
+            atomic_write_text(run.per_class_best_file, run.per_class_file.read_text())
+            if trainer.tracker is not None:
+                trainer.tracker.log(record)
+    else:
+        G = copy.deepcopy(trainer.G)
+        G.load_state_dict(plan["G"])
+        with PreemptionSignals() as preemption:
+            try:
+                record = trainer.evaluator.evaluate(G, trainer.iteration, "best", stop=lambda: preemption.signal,
+                                                    extra=extra)
+            except EvaluationStopped:
+                trainer.status("preempted", reason=f"signal {preemption.signal.name} during the evaluation of "
+                                                   f"the best checkpoint")
+                raise Preempted(preemption.signal, preemption.previous_handler) from None
+    log.info("best checkpoint by curve %s: iteration %d%s; final protocol: FID %.2f, IS %.3f (final model: FID "
+             "%.2f, IS %.3f)", extra["best_metric"], extra["best_iteration"], " (the final generator)"
+             if extra["best_is_final"] else "", record["fid"], record["is_mean"], final["fid"], final["is_mean"])
+    return record
+
+
+def _best_plan(trainer: Trainer, final: dict) -> dict | None:
+    """Rank 0: {'extra': the best line's fields, 'G': the best generator's weights (None where it is the final
+    generator)}, or None where there is no best to evaluate."""
     best, run = trainer.best, trainer.run
     if best is None or best["iteration"] is None:
         return None
@@ -197,27 +230,7 @@ def best_evaluation(trainer: Trainer, final: dict) -> dict | None:
         return None
     extra = {"best_iteration": best["iteration"], "best_metric": best["metric"], "best_curve_score": best["score"],
              "best_since": best["since"], "best_is_final": best["iteration"] == final["iteration"]}
-    if extra["best_is_final"]:
-        record = {**final, "phase": "best", **extra}
-        run.log(record)
-        atomic_write_text(run.per_class_best_file, run.per_class_file.read_text())
-        if trainer.tracker is not None:
-            trainer.tracker.log(record)
-    else:
-        G = copy.deepcopy(trainer.G)
-        G.load_state_dict(saved["G"])
-        with PreemptionSignals() as preemption:
-            try:
-                record = trainer.evaluator.evaluate(G, trainer.iteration, "best", stop=lambda: preemption.signal,
-                                                    extra=extra)
-            except EvaluationStopped:
-                trainer.status("preempted", reason=f"signal {preemption.signal.name} during the evaluation of "
-                                                   f"the best checkpoint")
-                raise Preempted(preemption.signal, preemption.previous_handler) from None
-    log.info("best checkpoint by curve %s: iteration %d%s; final protocol: FID %.2f, IS %.3f (final model: FID "
-             "%.2f, IS %.3f)", best["metric"], best["iteration"], " (the final generator)" if extra["best_is_final"]
-             else "", record["fid"], record["is_mean"], final["fid"], final["is_mean"])
-    return record
+    return {"extra": extra, "G": None if extra["best_is_final"] else saved["G"]}
 
 
 def restore_files(run_dir: Path, files_: dict[str, str]) -> None:
@@ -233,19 +246,30 @@ def restore_files(run_dir: Path, files_: dict[str, str]) -> None:
 
 
 def _run_job_worker(cfg: DictConfig, job_num: int) -> None:
-    """A rank other than 0 of a multi-process run: the same training steps as rank 0 (_run_job_locked), which
-    alone reads and writes the run directory, logs and evaluates. This rank writes nothing."""
+    """A rank other than 0 of a multi-process run: the same training steps and evaluations as rank 0
+    (_run_job_locked), in the same order of collectives. Rank 0 alone reads and writes the run directory and logs;
+    this rank writes nothing there (caches: only what rank 0 has not built, e.g. its own classes' statistics)."""
+    from .metrics.evaluator import Evaluator
     validate(cfg)
     distributed.check_config(cfg)
     device = distributed.rank_device(resolve_device(str(cfg.device), job_num))
     distributed.barrier()  # rank 0 has loaded the data (and downloaded it where needed)
-    d = cfg.dataset
+    d, e = cfg.dataset, cfg.eval
     options = {k: v for k, v in d.items() if k not in ("name", "resolution", "feature_space")}
     train_data = load_dataset(d.name, "train", d.resolution, **options)
+    test_data = load_dataset(d.name, "test", d.resolution, **options)
+    distributed.barrier()  # rank 0 has built the feature space (weights, domain classifier): read from the cache
+    space = make_feature_space(e.feature_space, train_data.to(device), test_data.to(device), device,
+                               inception_weights=e.inception_weights, classifier_epochs=e.classifier_epochs,
+                               cache_dir=e.cache_dir)
+    real = train_data if e.real_split == "train" else test_data
     trainer = Trainer(cfg, train_data.to(device), None, device)
-    trainer.evaluator = distributed.RankZeroEvaluates(cfg.eval.every)
     trainer.share_state()
+    trainer.evaluator = Evaluator(e, space, real.to(device), None, device, cfg.model.z_dim, cfg.seed,
+                                  held_out=test_data.to(device))
     trainer.fit()
+    final = final_evaluation(trainer)
+    best_evaluation(trainer, final)
 
 
 def _run_job_locked(cfg: DictConfig, run_dir: Path, group: str, job_num: int) -> dict | None:
@@ -281,6 +305,7 @@ def _run_job_locked(cfg: DictConfig, run_dir: Path, group: str, job_num: int) ->
         space = make_feature_space(e.feature_space, train_data.to(device), test_data.to(device), device,
                                    inception_weights=e.inception_weights, classifier_epochs=e.classifier_epochs,
                                    cache_dir=e.cache_dir)
+        distributed.barrier()  # the other ranks now read the feature space from the cache (_run_job_worker)
         real = train_data if e.real_split == "train" else test_data
         trainer = Trainer(cfg, train_data.to(device), run, device)
         if parent is not None:  # its schedule and classifier loss first: a resumed fine-tune continues them
@@ -337,11 +362,12 @@ def main(cfg: DictConfig) -> float | None:
     # the W&B group: a sweep's sweep_name (else its folder's name); a single run: its run directory's name
     group = (cfg.get("sweep_name") or Path(hc.sweep.dir).name) if multirun else Path(hc.runtime.output_dir).name
     job_num = hc.job.num if multirun else 0
-    if multirun and distributed.env_world()[1] > 1:
-        print("error: a multirun sweep cannot run as several processes (torchrun/srun) yet; launch each run "
-              "of the sweep with torchrun instead", file=sys.stderr)
+    if multirun and distributed.refuses_multirun():  # a submitit job's tasks may: they are one run's ranks
+        print("error: a multirun sweep cannot run as several processes (torchrun/srun); launch each run of the "
+              "sweep with torchrun, or the sweep with hydra/launcher=slurm_gpus (one multi-GPU Slurm job per run)",
+              file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
-    if distributed.setup(str(cfg.device)):  # several processes (torchrun/srun): join the process group
+    if distributed.setup(str(cfg.device)):  # several processes (torchrun/srun/submitit): join the process group
         atexit.register(distributed.teardown)
     hydra_files = {}
     if hc.output_subdir is not None:  # what Hydra just wrote to the run directory (hydra.core.utils.run_job)
@@ -437,91 +463,6 @@ class RunDirWritable(Callback):
             sys.exit(EXIT_USER_ERROR)
 
 
-# ---- the command line before Hydra: --help, --version, a sweep recipe without -m ----------------------------
-GROUP_NOTES = {"dataset": "a dataset picks its default model, train and eval recipes",
-               "train": "paper: the paper's recipe, for a GPU; quick: CPU-sized; smoke: a few iterations",
-               "adam": "Adam/n_dis settings, used by +sweep=hparams",
-               "sweep": "sweep recipes: run them with -m"}
-
-
-def config_groups(argv: list[str]) -> dict[str, list[str]]:
-    """{group: options} of the packaged conf/ plus the folders the user adds (--config-dir, hydra.searchpath)."""
-    try:
-        roots = _roots(CONF_DIR, argv)
-    except ConfigError:  # a missing --config-dir: the packaged groups still make a help text
-        roots = (CONF_DIR,)
-    names = sorted({p.name for r in roots for p in Path(r).iterdir()
-                    if p.is_dir() and p.name not in ("hydra", "__pycache__")})
-    return {name: group_options(roots, name) for name in names}
-
-
-def usage(argv: list[str]) -> str:
-    """`python -m cgan_bench --help`: what one run is, the config groups and their options, a few examples,
-    where results land (Hydra's own help stays at --hydra-help)."""
-    defaults = {}
-    for entry in OmegaConf.load(Path(CONF_DIR) / "config.yaml").get("defaults", []):
-        if isinstance(entry, DictConfig):
-            defaults.update({str(k): str(v) for k, v in entry.items()})
-    groups = config_groups(argv)
-    order = [g for g in defaults if g in groups] + [g for g in groups if g not in defaults]  # config.yaml's first
-    groups = {g: groups[g] for g in order}
-    width = max(len(g) for g in groups) + 2
-    lines = []
-    for group, options in groups.items():
-        added = group not in defaults  # no default: added with +GROUP=OPTION
-        shown = ", ".join(f"{o}*" if defaults.get(group) == o else o for o in options)
-        lines.append(f"  {('+' if added else '') + group:<{width}}{shown}")
-        if group in GROUP_NOTES:
-            lines.append(f"  {'':<{width}}({GROUP_NOTES[group]})")
-    return f"""\
-usage: python -m cgan_bench [GROUP=OPTION ...] [KEY=VALUE ...]    (installed: cgan-bench ...)
-       python -m cgan_bench -m +sweep=NAME [...]                  (a sweep: many runs, then one report)
-
-One run trains one class-conditional GAN (one dataset x one discriminator head x one seed) with a train recipe,
-then evaluates it (FID, intra-FID, KID, IS, class accuracy, precision/recall, ...) against the real data.
-
-Config groups (GROUP=OPTION; * = default; from {CONF_DIR}):
-{chr(10).join(lines)}
-
-Other settings: seed=0  device=auto|cpu|cuda|cuda:N  resume=true|false  wandb.mode=auto|online|offline|disabled,
-  and every key of a group, e.g. train.iterations=5000 eval.every=1000 (all of them: --cfg job)
-
-Examples:
-  python -m cgan_bench                                  digits, projection head, CPU-sized (a few minutes)
-  python -m cgan_bench head=concat seed=1               another head and seed
-  python -m cgan_bench dataset=cifar10                  the paper's recipe (needs a GPU; device=cpu to force it)
-  python -m cgan_bench dataset=imagefolder dataset.path=/data/mine
-  python -m cgan_bench -m +sweep=digits                 the embedded comparison, with its report
-  python -m cgan_bench dataset=cifar10 --cfg job        print the composed config, run nothing
-
-Where results land (relative to the current directory):
-  a run:    runs/<time>_<dataset>_<head>_s<seed>/ (status.json, metrics.jsonl, per_class.csv, samples/,
-            checkpoints/); choose it with hydra.run.dir=DIR, rerun the same command to resume
-  a sweep:  multirun/<time>/<job>/ per run; the report in multirun/<time>/report/ (linked as report.md)
-  caches:   eval.cache_dir, else $CGAN_BENCH_CACHE, else ~/.cache/cgan_bench
-
-Hydra's own help (override syntax, --cfg, --multirun, launchers): python -m cgan_bench --hydra-help
-"""
-
-
-def version_line() -> str:
-    from . import __version__
-    return f"cgan-bench {__version__} (torch {torch.__version__})"
-
-
-def sweep_without_multirun(argv: list[str]) -> str | None:
-    """`+sweep=NAME` without -m: Hydra composes one job and ignores the recipe's sweep; say so (the run goes on)."""
-    multirun = any(a in ("-m", "--multirun") or a.replace(" ", "") == "hydra.mode=MULTIRUN" for a in argv)
-    inspecting = any(a in ("-c", "--cfg", "--info", "-i", "--resolve") or a.startswith(("--cfg=", "--info="))
-                     for a in argv)
-    for arg in argv:
-        key, sep, _ = arg.partition("=")
-        if sep and key.lstrip("+") == "sweep" and not multirun and not inspecting:
-            return (f"warning: {arg} is a sweep recipe: without -m it trains one run and writes no report; "
-                    f"add -m")
-    return None
-
-
 def cli() -> None:
     """`--help` (ours) and `--version` answer here. Unknown config-group options (head=nope) and keys no config
     defines (+train.iteration=5) get one line and exit code 2 before Hydra starts."""
@@ -538,8 +479,7 @@ def cli() -> None:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    if distributed.env_world()[0] != 0:  # ranks > 0 of a multi-process run: Hydra writes no files for them
-        sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled"]
+    sys.argv += distributed.hydra_rank_overrides()  # ranks > 0 of a multi-process run: Hydra writes no files
     warning = sweep_without_multirun(argv)
     if warning:
         print(warning, file=sys.stderr)

@@ -203,6 +203,50 @@ def bench_eval(cfg, device, args, run_dir) -> dict:
             "features_img_per_s": batch / feat_s, "final_eval_s": time.perf_counter() - t0}
 
 
+def bench_frechet(dim: int = 2048, repeats: int = 1) -> list[dict]:
+    """Seconds per Fréchet distance (FID, one intra-FID class) between two dim-d Gaussians on this machine's CPU:
+    torch-fidelity's eigvals path, metrics/frechet.py's two symmetric eigendecompositions, and frechet.py with the
+    real side's covariance root reused (what an Evaluator does for every class after the first evaluation).
+    Features with a power-law spectrum (variance of component i ~ 1/i^2, as pooled CNN features decay), for a
+    full-rank pair (2.5 dim vs 2.5 dim samples) and an ImageNet class (1300 real vs 5000 generated at dim 2048:
+    the real covariance is rank-deficient)."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
+    from .metrics.frechet import frechet_distance, sqrt_psd
+    from .metrics.frechet import statistics as gaussian
+    from .train.precision import cpu_has_native_bf16
+    g = torch.Generator().manual_seed(0)
+    basis, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
+    other, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
+    scale = torch.arange(1, dim + 1, dtype=torch.float64).reciprocal()
+
+    def features(n: int, rotation: torch.Tensor) -> torch.Tensor:
+        return (torch.randn(n, dim, generator=g, dtype=torch.float64) * scale) @ rotation.T
+
+    def seconds(fn) -> tuple[float, float]:
+        times, value = [], None
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            value = fn()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times), value
+
+    n_full, n_class = 5 * dim // 2, 1300 if dim > 1300 else dim // 2 + 1
+    generated = gaussian(features(n_full, 0.7 * basis + 0.3 * other))
+    rows = []
+    for case, n_real in (("full rank", n_full), ("an ImageNet class", n_class)):
+        real = gaussian(features(n_real, basis))
+        root = sqrt_psd(real["sigma"])
+        tf_s, tf_value = seconds(lambda: fid_statistics_to_metric(real, generated, verbose=False)[KEY_METRIC_FID])
+        two_s, value = seconds(lambda: frechet_distance(real, generated))
+        root_s, _ = seconds(lambda: frechet_distance(real, generated, root))
+        rows.append({"case": case, "dim": dim, "n_real": n_real, "n_generated": n_full, "repeats": repeats,
+                     "torch_fidelity_s": tf_s, "frechet_s": two_s, "frechet_cached_root_s": root_s,
+                     "relative_difference": abs(value - tf_value) / abs(tf_value),
+                     "cpu_threads": torch.get_num_threads(), "cpu_native_bf16": cpu_has_native_bf16()})
+    return rows
+
+
 def cpu_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -357,6 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--baseline", action="store_true", help="also time a plain eager implementation")
     parser.add_argument("--eval", action="store_true", help="also time generation and feature extraction")
+    parser.add_argument("--frechet", action="store_true",
+                        help="also time one 2048-d Fréchet distance (FID, intra-FID per class) on the CPU, "
+                             "torch-fidelity's way and metrics/frechet.py's")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--jobs", default=None,
                         help="comma-separated job counts, e.g. 1,2,4,8: also run N concurrent training processes of "
@@ -393,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
             result["train"].append(bench_head(c, device, args, tmp))
         if args.eval:
             result["eval"] = bench_eval(cfg, device, args, tmp)
+        if args.frechet:
+            result["frechet"] = bench_frechet(repeats=args.repeats)
         if jobs:
             result["packing"] = bench_packing(jobs, args.overrides, device, args, tmp)
     if args.json:
@@ -406,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
         if "eval" in result:
             print()
             print(format_table([result["eval"]], list(result["eval"])))
+        if "frechet" in result:
+            print()
+            print(format_table(result["frechet"], list(result["frechet"][0])))
         if "packing" in result:
             pack = result["packing"]
             print(f"\npacking, head {pack['head']}: {pack['method']}")

@@ -105,6 +105,15 @@ def validate(cfg: DictConfig) -> None:
            f"null (keep no best checkpoint) or one of {', '.join(BEST_DIRECTION)}")
     _check(best not in MODE_ONLY or e.feature_space == "digit_channels", "eval.best_metric", best,
            "mode counts exist only with eval.feature_space=digit_channels (dataset=stacked_digits)")
+    k, n_cls = e.get("intra_fid_per_class"), e.get("intra_fid_classes", -1)
+    _check(k is None or (_is_int(k) and k >= 2), "eval.intra_fid_per_class", k,
+           "null (intra-FID from the eval.n_generated pool) or an integer >= 2 (generated images per class)")
+    _check(_is_int(n_cls) and (n_cls >= 1 or n_cls == -1), "eval.intra_fid_classes", n_cls,
+           "-1 (every class) or an integer >= 1 (that many evenly spaced classes)")
+    _check(n_cls == -1 or k is not None, "eval.intra_fid_classes", n_cls,
+           "a class subset is for the per-class mode: set eval.intra_fid_per_class too, or leave it at -1")
+    _check(best != "intra_fid_mean" or k is None, "eval.best_metric", best,
+           "with eval.intra_fid_per_class set, curve evaluations measure no intra-FID; choose another (e.g. fid)")
     _check(_is_num(e.collapse_threshold) and 0 <= e.collapse_threshold <= 1, "eval.collapse_threshold",
            e.collapse_threshold, "a share between 0 and 1")
     _check(_is_num(e.mode_collapse_fraction) and 0 <= e.mode_collapse_fraction <= 1, "eval.mode_collapse_fraction",
@@ -172,6 +181,9 @@ def check_against_data(cfg: DictConfig, n_train: int, n_classes: int) -> None:
     per_class = cfg.eval.n_generated // n_classes
     _check(per_class >= 2, "eval.n_generated", cfg.eval.n_generated,
            f"at least 2 per class ({2 * n_classes} for {n_classes} classes)")
+    n_cls = cfg.eval.get("intra_fid_classes", -1)
+    _check(n_cls <= n_classes, "eval.intra_fid_classes", n_cls,
+           f"-1 or at most the {n_classes} classes of {cfg.dataset.name}")
     morph = list(cfg.get("figures", {}).get("morph_classes", [0, 1]))  # validate() checked its shape
     _check(n_classes < 2 or (all(0 <= c < n_classes for c in morph) and morph[0] != morph[1]),
            "figures.morph_classes", morph,

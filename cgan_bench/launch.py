@@ -46,6 +46,7 @@ from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrid
 from hydra_plugins.hydra_joblib_launcher import _core as joblib_core
 from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
+from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger("cgan_bench")
@@ -294,6 +295,13 @@ class SurvivingJoblibConf(JobLibLauncherConf):
     _target_: str = "hydra_plugins.cgan_bench_launcher.JoblibLauncher"
 
 
+@dataclass
+class RankAwareSlurmConf(SlurmQueueConf):
+    """`hydra/launcher=submitit_slurm`: the plugin's settings, our subclass, so that with tasks_per_node > 1 (one
+    data-parallel run per job) the tasks of rank > 0 write no Hydra files, as under hydra/launcher=slurm_gpus."""
+    _target_: str = "hydra_plugins.cgan_bench_launcher.SlurmLauncher"
+
+
 def register_launchers() -> None:
     """Make `hydra/launcher=joblib` mean SurvivingJoblibLauncher. Called by app.cli before Hydra starts: after
     Hydra's plugin scan (Plugins.instance()), which stores the plugin's own `joblib` config, so ours replaces
@@ -303,11 +311,14 @@ def register_launchers() -> None:
     from hydra.core.config_store import ConfigStore
     from hydra.core.plugins import Plugins
     try:
-        from hydra_plugins.cgan_bench_launcher import JoblibLauncher as Joblib
+        from hydra_plugins.cgan_bench_launcher import JoblibLauncher as Joblib, SlurmLauncher as Slurm
     except ImportError as err:  # only `hydra/launcher=joblib` needs it: Hydra's own launcher is left in place
         log.debug("cgan-bench's joblib launcher is not importable (%s): hydra/launcher=joblib is Hydra's own "
                   "(an editable install older than hydra_plugins/cgan_bench_launcher: pip install -e .)", err)
         return
     Plugins.instance().register(Joblib)
+    Plugins.instance().register(Slurm)  # hydra/launcher=slurm_gpus (conf/hydra/launcher/slurm_gpus.yaml)
     ConfigStore.instance().store(group="hydra/launcher", name="joblib", node=SurvivingJoblibConf,
+                                 provider="cgan_bench")
+    ConfigStore.instance().store(group="hydra/launcher", name="submitit_slurm", node=RankAwareSlurmConf,
                                  provider="cgan_bench")

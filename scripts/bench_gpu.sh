@@ -39,6 +39,8 @@ for row in result["train"]:
     print("  ", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
 if "eval" in result:
     print("   eval", {k: round(v, 2) if isinstance(v, float) else v for k, v in result["eval"].items()})
+for row in result.get("frechet", []):
+    print("   frechet", {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
 for row in result.get("packing", {}).get("rows", []):
     print("   packing", {k: round(v, 2) if isinstance(v, float) else [round(x, 2) for x in v] if k == "per_job_it_per_s"
                          else v for k, v in row.items() if k != "per_job"})
@@ -63,7 +65,7 @@ bench bf16_compile --heads projection train.precision=bf16 train.compile=true "$
 bench bf16_cudagraphs --heads projection train.precision=bf16 train.compile=true train.compile_mode=reduce-overhead "$@"
 bench fp32_compile --heads projection train.precision=fp32 train.compile=true "$@"
 bench fp32_contiguous --heads projection train.precision=fp32 train.channels_last=false "$@"
-bench bf16_heads train.precision=bf16 --eval "$@"
+bench bf16_heads train.precision=bf16 --eval --frechet "$@"
 # several jobs of a sweep sharing this one GPU (bf16: what train.precision=auto picks on an H100)
 bench packing --heads projection train.precision=bf16 --jobs 1,2,4,8 "$@"
 bench packing_cuda_graph --heads projection train.precision=bf16 train.cuda_graph=true --jobs 1,2,4,8 "$@"

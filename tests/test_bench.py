@@ -82,3 +82,16 @@ def test_packing_runs_concurrent_jobs_and_sums_their_rates(capsys):
 def test_bad_jobs_is_a_one_line_error(capsys):
     assert main(["train=smoke", "--jobs", "0,2", "--json"]) == 2
     assert "--jobs" in capsys.readouterr().err
+
+
+def test_frechet_timing_compares_both_methods_on_the_same_statistics():
+    from cgan_bench.bench import bench_frechet
+    rows = bench_frechet(dim=64, repeats=2)
+    assert [r["case"] for r in rows] == ["full rank", "an ImageNet class"]
+    assert rows[0]["n_real"] == 160 and rows[1]["n_real"] == 33  # the second real covariance is rank-deficient
+    for row in rows:
+        assert row["dim"] == 64 and row["repeats"] == 2 and row["cpu_threads"] >= 1
+        for key in ("torch_fidelity_s", "frechet_s", "frechet_cached_root_s"):
+            assert row[key] > 0, key
+        assert row["relative_difference"] < 1e-6  # the same distance, computed two ways
+        assert isinstance(row["cpu_native_bf16"], bool)

@@ -12,7 +12,8 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from cgan_bench import __version__
-from cgan_bench.app import refuse_cpu_fallback, sweep_without_multirun, wandb_sync_command
+from cgan_bench.app import refuse_cpu_fallback, wandb_sync_command
+from cgan_bench.cli_help import sweep_without_multirun
 from cgan_bench.config import ConfigError
 from cgan_bench.data import load_dataset
 from cgan_bench.heads import HEADS

@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -61,17 +62,24 @@ def train(g_eval: bool) -> tuple[Trainer, list[dict]]:
     return trainer, history
 
 
-def _rank(rank: int, world: int, port: int, out: str) -> None:
+@contextmanager
+def gloo_group(rank: int, world: int, port: int):
+    """This (spawned) process as rank `rank` of `world` in a gloo group on this machine, set up as torchrun would."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     assert distributed.setup("cpu")
     try:
+        yield
+    finally:
+        distributed.teardown()
+
+
+def _rank(rank: int, world: int, port: int, out: str) -> None:
+    with gloo_group(rank, world, port):
         for g_eval in (True, False):
             _, history = train(g_eval)
             torch.save(history, os.path.join(out, f"rank{rank}_{'eval' if g_eval else 'train'}.pt"))
-    finally:
-        distributed.teardown()
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,9 @@ def protocol(**fields) -> dict:
     return {**base, **fields}
 
 
+INTRA_PER_CLASS = "per class: 500 generated vs all real train images of the class (50-60), 3 of 3 classes"
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     """digits: 3 heads x 3 seeds, n_real cut (10000 asked, 1797 used), collapsed classes tied at 0, class
@@ -62,7 +65,8 @@ def report(tmp_path_factory):
         numbers.update(is_mean=8.74 if head == "projection" else 8.685, fid=20.5 + HEADS.index(head))
         write_run(root / "sweep", f"i_{head}", head, 0, "imagefolder",
                   {**numbers, **protocol(feature_space="inception", n_real=540, n_real_requested=-1,
-                                         classifier_test_accuracy=None)},
+                                         classifier_test_accuracy=None, eval_ranks=2,
+                                         intra_fid_protocol=INTRA_PER_CLASS)},
                   {"path": "/data/mine", "val_fraction": 0.1})
     return build_report(root / "sweep", root / "report", "layout").read_text()
 
@@ -112,6 +116,8 @@ def test_protocol_is_key_value_rows_with_one_column_per_dataset(report):
     assert card["seeds"] == ["0, 1, 2", "0"] and card["batch D/G"] == ["64/128", "64/128"]
     held_out = card["held-out split (classifier acc., mode ceiling)"]
     assert held_out[0] == "the dataset's test split" and held_out[1].startswith("10% of each class")
+    # the per-class intra-FID protocol and a sharded evaluation, where the runs recorded them (imagefolder here)
+    assert card["intra-FID"] == ["", INTRA_PER_CLASS] and card["evaluation ranks (sharded)"] == ["", "2"]
 
 
 def test_a_cut_sample_count_is_a_warning_under_the_protocol(report):

@@ -228,6 +228,7 @@ class StreamedImageData:
     rows: np.ndarray | None = None  # this split's rows of the store; None = every row
     device: torch.device = torch.device("cpu")
     workers: int = 4
+    sampler_rank: int = 0  # a multi-process run's rank (for_rank): each rank reads its own random batches
     _batches: object = field(default=None, init=False, repr=False)
     _batch_size: int = field(default=0, init=False, repr=False)
 
@@ -254,6 +255,14 @@ class StreamedImageData:
             out.__dict__["images"] = self.__dict__["images"]
         return out
 
+    def for_rank(self, rank: int) -> "StreamedImageData":
+        """This split as rank `rank` of a multi-process run reads it: the same images, its own batch sampler
+        (seeded by the run's RNG and the rank), so N ranks read N different batches instead of one each."""
+        out = replace(self, sampler_rank=int(rank))
+        if "images" in self.__dict__:
+            out.__dict__["images"] = self.__dict__["images"]
+        return out
+
     def class_counts(self) -> torch.Tensor:
         return torch.bincount(self.labels, minlength=self.n_classes)
 
@@ -268,7 +277,8 @@ class StreamedImageData:
         from torch.utils.data import BatchSampler, DataLoader, RandomSampler
         self.close()
         dataset = _Rows(self.store, self.rows, self.labels.numpy())
-        g = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,))))  # follows the run's seed
+        seed = int(torch.randint(0, 2**62, (1,)))  # follows the run's seed (the same draw on every rank)
+        g = torch.Generator().manual_seed(seed + 7919 * self.sampler_rank)  # then apart by rank
         sampler = BatchSampler(RandomSampler(dataset, replacement=True, num_samples=2**62, generator=g),
                                batch_size, drop_last=True)
         loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=self.workers,

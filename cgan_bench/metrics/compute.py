@@ -6,18 +6,13 @@ Everything here takes features already extracted (CPU tensors), so one feature p
 """
 import numpy as np
 import torch
-from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_features_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_isc import KEY_METRIC_ISC_MEAN, KEY_METRIC_ISC_STD, isc_features_to_metric
 from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, kid_features_to_metric
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, calc_cdist_full, prc_features_to_metric
 
+from .frechet import fid, frechet_distance, sqrt_psd, statistics  # FID and intra-FID: frechet.py
+
 RNG_SEED = 2020  # torch-fidelity's default, so subsets are reproducible
-
-
-def fid(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
-    stats_a = fid_features_to_statistics(features_a.double())
-    stats_b = fid_features_to_statistics(features_b.double())
-    return fid_statistics_to_metric(stats_a, stats_b, verbose=False)[KEY_METRIC_FID]
 
 
 def inception_score(logits: torch.Tensor, splits: int) -> tuple[float, float]:
@@ -88,13 +83,27 @@ def evenly_spaced(n_total: int, n: int) -> torch.Tensor:
     return torch.linspace(0, n_total - 1, min(n, n_total)).round().long()
 
 
+def real_class_statistics(real_feats: torch.Tensor, real_labels: torch.Tensor, c: int, memo: dict | None) -> tuple:
+    """(statistics, square root of the covariance) of class c's real features: fixed for a run, so an
+    Evaluator keeps them in `memo` and every later evaluation pays one eigendecomposition per class, not two."""
+    if memo is not None and c in memo:
+        return memo[c]
+    stats = statistics(real_feats[real_labels == c])
+    value = (stats, sqrt_psd(stats["sigma"]))
+    if memo is not None:
+        memo[c] = value
+    return value
+
+
 def per_class_metrics(gen_feats: torch.Tensor, gen_logits: torch.Tensor, gen_labels: torch.Tensor,
                       real_feats: torch.Tensor, real_labels: torch.Tensor, n_classes: int, *,
-                      coverage_k: int = 5, pairs_max: int = 1000, collapse_threshold: float = 0.5) -> list[dict]:
+                      coverage_k: int = 5, pairs_max: int = 1000, collapse_threshold: float = 0.5,
+                      real_memo: dict | None = None) -> list[dict]:
     """One row per class: intra-FID (all real of the class vs generated of the class), diversity ratio,
     near-duplicate rate (a class is `collapsed` when it exceeds `collapse_threshold`), within-class coverage
     (Naeem et al.'s coverage restricted to one class, on m = min(n_gen, n_real, pairs_max) evenly spaced
-    samples of each side) and accuracy (argmax of the feature space's classifier logits)."""
+    samples of each side) and accuracy (argmax of the feature space's classifier logits). `real_memo`: see
+    real_class_statistics."""
     rows = []
     predicted = gen_logits.argmax(dim=1)
     for c in range(n_classes):
@@ -105,9 +114,10 @@ def per_class_metrics(gen_feats: torch.Tensor, gen_logits: torch.Tensor, gen_lab
         g_sub, r_sub = g[evenly_spaced(len(g), m)], r[evenly_spaced(len(r), m)]
         ratio = mean_pairwise_distance(g_sub) / max(mean_pairwise_distance(r_sub), 1e-12)
         duplicates = near_duplicate_rate(g_sub, r_sub)
+        real_stats, real_root = real_class_statistics(real_feats, real_labels, c, real_memo)
         rows.append({
             "class": c,
-            "intra_fid": fid(g, r),
+            "intra_fid": frechet_distance(real_stats, statistics(g), real_root),
             "diversity_ratio": ratio,
             "near_duplicate_rate": duplicates,
             "class_coverage": coverage(r_sub, g_sub, min(coverage_k, m - 1)),
@@ -139,23 +149,25 @@ def overall_metrics(fid_fake: torch.Tensor, real: torch.Tensor, all_logits: torc
 
 
 def noise_floor(features: torch.Tensor, labels: torch.Tensor, n_classes: int, n_real: int, n_fake: int,
-                kid_subset_size: int, seed: int = 2021) -> dict:
+                kid_subset_size: int, seed: int = 2021, intra: bool = True) -> dict:
     """Real vs real: the same metrics between two disjoint random halves of the real split, sized like the
     protocol (n_real vs n_fake) where the split has enough images, else halved. No generator can be told
-    apart from the data by less than this. Intra-FID: the same per class, averaged."""
+    apart from the data by less than this. Intra-FID: the same per class, averaged (intra=False: left out, as
+    beside the per-class mode's small real subset)."""
     order = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))
     size_a, size_b = (n_real, n_fake) if n_real + n_fake <= len(features) else \
         (len(features) // 2, len(features) - len(features) // 2)
     a, b = order[:size_a], order[size_a:size_a + size_b]
     kid_mean, kid_std = kid(features[b], features[a], kid_subset_size, KID_SUBSETS)
-    intra = []
-    for c in range(n_classes):
+    halves = []
+    for c in range(n_classes if intra else 0):
         idx = order[labels[order] == c]
         half = len(idx) // 2
         if half >= 2:
-            intra.append(fid(features[idx[half:]], features[idx[:half]]))
+            halves.append(fid(features[idx[half:]], features[idx[:half]]))
     return {"floor_fid": fid(features[b], features[a]), "floor_kid_mean": kid_mean,
-            "floor_kid_sem": kid_std / KID_SUBSETS ** 0.5, "floor_intra_fid_mean": float(np.mean(intra)),
+            "floor_kid_sem": kid_std / KID_SUBSETS ** 0.5,
+            "floor_intra_fid_mean": float(np.mean(halves)) if intra else float("nan"),
             "floor_n_a": len(a), "floor_n_b": len(b)}
 
 

@@ -357,6 +357,12 @@ def protocol_card(done: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
             "device": _unique(g.get("device", pd.Series(dtype=str))),
             "software": _unique(g.get("software", pd.Series(dtype=str))),
         }
+        intra = _unique(g.get("intra_fid_protocol", pd.Series(dtype=str)))
+        if intra:  # runs from before the per-class mode did not record it: the pooled protocol, said elsewhere
+            columns[column]["intra-FID"] = intra
+        ranks = _unique_int(g["eval_ranks"]) if "eval_ranks" in g and g["eval_ranks"].notna().any() else None
+        if ranks not in (None, "1"):
+            columns[column]["evaluation ranks (sharded)"] = ranks
     if not columns:
         return pd.DataFrame()
     card = pd.DataFrame(columns)

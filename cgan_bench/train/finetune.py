@@ -38,6 +38,7 @@ from ..config import ConfigError, validate
 from ..data import ImageData
 from ..metrics.classifier import load_or_train_classifier
 from .checkpoint import CheckpointUnreadable, load_checkpoint
+from .cuda_graph import learning_rates_as
 from .loop import Trainer, config_differences, linear_decay, resume_relevant
 from .run_dir import RunDir
 
@@ -209,6 +210,7 @@ def set_schedule(trainer: Trainer, lr: float, iterations: int) -> None:
         for group in opt.param_groups:
             group["lr"] = group["initial_lr"] = lr
         setattr(trainer, name, torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(iterations, 0)))
+        learning_rates_as(opt, trainer.graphed, trainer.device)  # train.cuda_graph reads a tensor learning rate
 
 
 def fine_tune_lr(cfg) -> float:

@@ -124,6 +124,8 @@ class Trainer:
         torch.manual_seed(self.cfg.seed)
         t = self.cfg.train
         self.precision = resolve_precision(t.precision, self.device)  # fp32 | bf16 | tf32 (auto resolved here)
+        if not isinstance(self.data, ImageData) and distributed.world_size() > 1:  # streamed: a sampler per rank
+            self.data = self.data.for_rank(distributed.rank())
         self.G, self.D = build_models(self.cfg, self.data.n_classes, self.device)
         self.memory_format = torch.channels_last if t.channels_last else torch.contiguous_format
         self.G.to(memory_format=self.memory_format)
@@ -290,6 +292,17 @@ class Trainer:
         y = torch.randint(0, self.data.n_classes, (n,), device=self.device)
         return distributed.shard(z), distributed.shard(y)
 
+    def real_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's slice of a global real batch of n, dequantised. In memory, every rank draws the same global
+        indices and noise and keeps its slice, so N ranks train what one process trains (tests/test_distributed.py).
+        Streamed from disk, each rank reads only its own n/N images (its own sampler: StreamedImageData.for_rank),
+        so the disk serves the global batch once instead of N times; the batches then differ from one process's."""
+        if isinstance(self.data, ImageData):
+            x, y = self.data.sample(n)
+            return distributed.shard(dequantize(x)), distributed.shard(y)
+        x, y = self.data.sample(n // distributed.world_size())
+        return dequantize(x), y
+
     def autocast(self):
         """bf16 autocast for the networks when the resolved precision is bf16 (losses and logits stay fp32).
         A CUDA graph must not capture autocast's cache of cast weights (PyTorch's CUDA-graph notes)."""
@@ -323,9 +336,8 @@ class Trainer:
         self.opt_g.step()
 
         for _ in range(t.n_dis):
-            x_real, y_real = self.data.sample(t.batch_d)
+            x_real, y_real = self.real_batch(t.batch_d)
             z, y_fake = self.fake_batch(t.batch_d)
-            x_real, y_real = distributed.shard(dequantize(x_real)), distributed.shard(y_real)
             x_real = x_real.contiguous(memory_format=self.memory_format)
             with self.autocast():
                 with torch.no_grad():
@@ -362,7 +374,7 @@ class Trainer:
                               **self.status_extra)
 
     def fit(self) -> None:
-        """Train until `train.iterations`; SIGTERM/SIGUSR1 (Slurm, submitit) checkpoint and stop cleanly."""
+        """Train until `train.iterations`; SIGTERM/SIGUSR1/SIGUSR2 (Slurm, submitit) checkpoint and stop cleanly."""
         t = self.cfg.train
         start_it = self.iteration
         t0, last = time.perf_counter(), time.perf_counter()
@@ -417,7 +429,7 @@ class Trainer:
 
 
 class Preempted(Exception):
-    """The job received SIGTERM/SIGUSR1, wrote a checkpoint and stopped; `previous_handler` (e.g. submitit's
+    """The job received SIGTERM/SIGUSR1/SIGUSR2, wrote a checkpoint and stopped; `previous_handler` (e.g. submitit's
     requeue) is what the process had installed before training started."""
 
     def __init__(self, signal_received: signal.Signals, previous_handler):
@@ -426,9 +438,12 @@ class Preempted(Exception):
 
 
 class PreemptionSignals:
-    """Record SIGTERM/SIGUSR1 during training instead of dying mid-step; restore the old handlers after."""
+    """Record SIGTERM/SIGUSR1/SIGUSR2 during training instead of dying mid-step; restore the old handlers after.
+    Slurm sends SIGTERM on preemption and `--signal` (SIGUSR2 in submitit's sbatch scripts: it avoids SIGUSR1,
+    which NCCL may catch) before the time limit; the handler found installed (submitit's requeue) runs after
+    the checkpoint (app.py)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
 
     def __init__(self):
         self.signal, self.previous_handler, self._saved = None, None, {}
