@@ -171,7 +171,7 @@ def bench_eval(cfg, device, args, run_dir) -> dict:
     under the configured eval protocol (reference features cached beforehand, as in a real run)."""
     from .metrics.classifier import DomainClassifier
     from .metrics.evaluator import Evaluator
-    from .metrics.feature_space import FeatureSpace
+    from .metrics.feature_space import FeatureSpace, exact_float32
     n_real = cfg.eval.n_real if cfg.eval.n_real > 0 else 10000
     real = synthetic_data(args.n_classes, cfg.dataset.resolution, device, n=n_real)
     trainer = Trainer(cfg, real, RunDir(run_dir), device)
@@ -196,11 +196,22 @@ def bench_eval(cfg, device, args, run_dir) -> dict:
     evaluator = Evaluator(eval_cfg, space, real, RunDir(run_dir), device, cfg.model.z_dim, cfg.seed)  # caches refs
     synchronize(device)
     t0 = time.perf_counter()
-    evaluator.evaluate(G, 0, "final")
+    record = evaluator.evaluate(G, 0, "final")
     synchronize(device)
-    return {"feature_space": space.name, "eval_protocol_n_generated": cfg.eval.n_generated,
-            "eval_protocol_n_real": n_real, "eval_batch": batch, "generated_img_per_s": batch / gen_s,
-            "features_img_per_s": batch / feat_s, "final_eval_s": time.perf_counter() - t0}
+    row = {"feature_space": space.name, "eval_protocol_n_generated": cfg.eval.n_generated,
+           "eval_protocol_n_real": n_real, "eval_batch": batch, "generated_img_per_s": batch / gen_s,
+           "features_img_per_s": batch / feat_s, "final_eval_s": time.perf_counter() - t0,
+           "intra_fid_mode": record.get("intra_fid_mode")}
+    if evaluator.per_class_k is not None:  # the per-class pass alone (class statistics cached by now), per class
+        t0 = time.perf_counter()
+        with exact_float32():
+            evaluator.per_class_pass(G)
+        synchronize(device)
+        per_class_s = (time.perf_counter() - t0) / len(evaluator.classes)
+        row.update({"intra_fid_generated_per_class": evaluator.per_class_k,
+                    "intra_fid_classes": len(evaluator.classes), "per_class_pass_s_per_class": per_class_s,
+                    "per_class_pass_s_all_classes_one_device": per_class_s * args.n_classes})
+    return row
 
 
 def bench_frechet(dim: int = 2048, repeats: int = 1) -> list[dict]:
@@ -435,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
               "method": f"median of {args.repeats} timed iterations after {args.warmup} warm-up, device synchronised",
               "train": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for head in args.heads.split(","):
+        for head in [h for h in args.heads.split(",") if h]:  # --heads "": no training rows (an --eval timing)
             c = make_config([*args.overrides, f"head={head}"])
             result["train"].append(bench_head(c, device, args, tmp))
         if args.eval:

@@ -2,6 +2,7 @@
 # The GPU rows of BENCHMARKS.md in one go: the paper's CIFAR model, every training option, the eval path,
 # and one bf16 row of the paper's ImageNet 128px model (model=sngan_128, 1000 classes).
 #   bash scripts/bench_gpu.sh [EXTRA OVERRIDES OR BENCH FLAGS...]   (JSON files land in $OUT, else ./bench_out)
+#   ROWS="sngan128_bf16 packing" bash scripts/bench_gpu.sh             (only those rows, no tests: a rerun after a cut)
 # On a machine that has PyTorch but not this project's other dependencies and no network (the lent GPU
 # machines), carry them as wheels in .whl/ (how: BENCHMARKS.md, "Filling the GPU rows").
 # Exit status 1 if any configuration failed (the others still run).
@@ -30,6 +31,7 @@ PY
 failed=0
 bench() {  # bench NAME ARGS...: one JSON file per configuration; a failure is recorded and the rest go on
     local name=$1; shift
+    if [ -n "${ROWS:-}" ] && [[ " $ROWS " != *" $name "* ]]; then return 0; fi  # ROWS="a b": only those rows
     echo "== $name: $*"
     if python3 -m cgan_bench.bench dataset=cifar10 "$@" --json >"$out/$name.json" 2>"$out/$name.err"; then
         python3 - "$out/$name.json" <<'PY'
@@ -50,7 +52,7 @@ PY
     fi
 }
 # the graph path's correctness on this GPU first (tests/test_cuda_graph.py; needs pytest: carry its wheel)
-if python3 -c "import pytest" 2>/dev/null; then
+if [ -z "${ROWS:-}" ] && python3 -c "import pytest" 2>/dev/null; then  # ROWS set: a rerun of some rows only
     echo "== pytest -m cuda"
     python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda_graph.py 2>&1 | tail -n 30 | tee "$out/pytest_cuda.txt"
     [ "${PIPESTATUS[0]}" -eq 0 ] || failed=1
@@ -61,6 +63,9 @@ bench fp32 --heads projection train.precision=fp32 --baseline "$@"
 bench tf32 --heads projection train.precision=tf32 "$@"
 bench bf16 --heads projection train.precision=bf16 "$@"
 bench sngan128_bf16 --heads projection model=sngan_128 dataset.resolution=128 train=paper_imagenet train.precision=bf16 --n-classes 1000 "$@"
+# the paper's ImageNet intra-FID (eval=paper_imagenet: 5000 generated per class) on 10 of 1000 classes: its
+# per_class_pass_s_all_classes_one_device is the per-class pass of a final evaluation on one GPU
+bench sngan128_eval_per_class --heads "" model=sngan_128 dataset.resolution=128 train=paper_imagenet eval=paper_imagenet eval.intra_fid_classes=10 --n-classes 1000 --eval "$@"
 bench bf16_compile --heads projection train.precision=bf16 train.compile=true "$@"
 bench bf16_cudagraphs --heads projection train.precision=bf16 train.compile=true train.compile_mode=reduce-overhead "$@"
 bench fp32_compile --heads projection train.precision=fp32 train.compile=true "$@"

@@ -95,3 +95,15 @@ def test_frechet_timing_compares_both_methods_on_the_same_statistics():
             assert row[key] > 0, key
         assert row["relative_difference"] < 1e-6  # the same distance, computed two ways
         assert isinstance(row["cpu_native_bf16"], bool)
+
+
+def test_eval_timing_of_the_per_class_intra_fid_mode(capsys):
+    """--heads "" times only the evaluation; in the per-class mode the per-class pass is timed on its own and
+    scaled to every class (what a final evaluation at eval=paper_imagenet costs on one device)."""
+    assert main(["train=smoke", "eval=smoke", "eval.intra_fid_per_class=20", "eval.intra_fid_classes=3",
+                 "--heads", "", "--eval", "--repeats", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ev = out["eval"]
+    assert out["train"] == [] and ev["intra_fid_mode"] == "per_class"
+    assert ev["intra_fid_generated_per_class"] == 20 and ev["intra_fid_classes"] == 3
+    assert ev["per_class_pass_s_all_classes_one_device"] == pytest.approx(10 * ev["per_class_pass_s_per_class"])
