@@ -14,24 +14,33 @@ from cgan_bench.app import CONF_DIR
 from cgan_bench.bench import synthetic_data
 from cgan_bench.config import validate
 from cgan_bench.train.loop import Trainer
+from cgan_bench.train.precision import fp32_math
 from cgan_bench.train.run_dir import RunDir
 
 
-def trained_state(tmp_path, *overrides: str, iterations: int = 3, device: str = "cpu") -> tuple[dict, list[dict]]:
+def make_trainer(run_dir, *overrides: str, device: str = "cpu") -> Trainer:
+    """A Trainer of a small model on synthetic 16px data (10 classes), the options under test as overrides."""
     with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
         cfg = compose("config", overrides=["wandb.mode=disabled", "train=smoke", "train.n_dis=2", "model.g_ch=16",
                                            "model.d_ch=16", "model.z_dim=16", "train.lr=2e-3",
-                                           "train.iterations=100", *overrides])  # no LR decay to 0 within 3 steps
+                                           "train.iterations=100",  # no LR decay to 0 within 3 steps
+                                           "train.precision=fp32",  # not auto: bf16 on CPUs with AMX (see above)
+                                           *overrides])
     validate(cfg)
     data = synthetic_data(10, 16, torch.device(device), n=256)
-    trainer = Trainer(cfg, data, RunDir(tmp_path / "_".join(overrides)), torch.device(device))
+    return Trainer(cfg, data, RunDir(run_dir), torch.device(device))
+
+
+def trained_state(tmp_path, *overrides: str, iterations: int = 3, device: str = "cpu") -> tuple[dict, list[dict]]:
+    trainer = make_trainer(tmp_path / "_".join(overrides), *overrides, device=device)
+    cfg = trainer.cfg
     losses = [{k: v.item() for k, v in trainer.step().items()} for _ in range(iterations)]
     conv = trainer.D.blocks[0].conv1
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) == cfg.train.channels_last
     state = {f"D.{k}": v for k, v in trainer.D.state_dict().items()}
     g = torch.Generator().manual_seed(1)
     z, y = torch.randn(20, cfg.model.z_dim, generator=g), torch.arange(20) % 10
-    with torch.no_grad():
+    with torch.no_grad(), fp32_math("ieee"):  # IEEE convolutions on a GPU too (torch's default allows TF32)
         state["G(z, y)"] = trainer.G.train()(z.to(device), y.to(device))
     state = {k: v.cpu() for k, v in state.items()}
     return state, losses

@@ -15,14 +15,18 @@ How (PyTorch's "whole-network capture", docs: CUDA semantics > CUDA Graphs):
   generator (each replay advances its offset as the eager step would, so the checkpointed RNG state resumes the
   same stream); spectral norm's and batch norm's in-place buffer updates; Adam with capturable=True and its
   learning rate held in a device tensor.
-- Outside: the LR schedule (Trainer.step fills the lr tensors after each replay: two small kernels), logging,
+- Outside: the LR schedule (Trainer.step fills the lr tensors after each replay: four small kernels), logging,
   checkpoints, evaluation and sampling (eager, between replays).
+- Warm-up and capture run on one side stream of the run's own GPU, inside that device's context: torch.cuda.graph
+  captures on a stream of the *current* device, so a job on cuda:1 while cuda:0 is current (device=auto in a sweep)
+  would otherwise capture an empty graph and every replay would do nothing.
 - A graph reads fixed addresses: anything that replaces the tensors it reads (an optimizer's load_state_dict)
   must call reset(), and the next iteration warms up and captures again.
 
 Where it cannot run, config/app refuse it in one line before work starts (`check_supported`): a CPU (no CUDA
 graphs), several processes (DDP's gradient hooks), a dataset streamed from disk (host-to-device copies from
-worker processes), torch.compile's own CUDA graphs (compile_mode=reduce-overhead inside a capture).
+worker processes), torch.compile's own CUDA graphs (compile_mode=reduce-overhead or max-autotune, whose
+inductor graphs would nest inside the capture).
 """
 from typing import Callable
 
@@ -36,28 +40,33 @@ class GraphedStep:
     WARMUP iterations, then captures it once and replays the capture on every later call."""
 
     def __init__(self, update: Callable[[], dict], device: torch.device, warmup: int = WARMUP):
-        self.update, self.device, self.warmup = update, device, warmup
-        self.graph, self.outputs, self.eager_iterations = None, None, 0
+        self.update, self.device, self.warmup = update, torch.device(device), warmup
+        self.graph, self.outputs, self.eager_iterations, self._stream = None, None, 0, None
 
     @property
     def captured(self) -> bool:
         return self.graph is not None
 
     def __call__(self) -> dict:
-        if self.graph is not None:
-            self.graph.replay()
-            return self.outputs
-        if self.eager_iterations < self.warmup:
-            return self._warm_up()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outputs = self.update()
-        self.graph, self.outputs = graph, outputs
-        graph.replay()  # the capture ran nothing: this replay is the iteration
-        return outputs
+        with torch.cuda.device(self.device):  # replays, warm-up and capture on this run's GPU (see above)
+            if self.graph is not None:
+                self.graph.replay()
+                return self.outputs
+            if self._stream is None:
+                self._stream = torch.cuda.Stream(self.device)
+            if self.eager_iterations < self.warmup:
+                return self._warm_up()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=self._stream):
+                outputs = self.update()
+            self.graph, self.outputs = graph, outputs
+            graph.replay()  # the capture ran nothing: this replay is the iteration
+            return outputs
 
     def _warm_up(self) -> dict:
-        side, main = torch.cuda.Stream(self.device), torch.cuda.current_stream(self.device)
+        """One eager iteration on the side stream the capture will use, ordered after and before the main
+        stream's work (the LR schedule's fills of the lr tensors run there)."""
+        side, main = self._stream, torch.cuda.current_stream(self.device)
         side.wait_stream(main)
         with torch.cuda.stream(side):
             outputs = self.update()
@@ -84,20 +93,30 @@ def check_supported(cfg, device: torch.device, world_size: int, streamed: bool) 
     if streamed:
         return ("train.cuda_graph=true needs the dataset on the device, but it is streamed from disk; set "
                 "dataset.storage=device if it fits in GPU memory, else train.cuda_graph=false")
-    if t.compile and t.compile_mode == "reduce-overhead":
-        return ("train.cuda_graph=true already graphs the whole iteration; torch.compile's CUDA graphs cannot nest "
-                "inside it: set train.compile_mode=default (or train.cuda_graph=false)")
+    if t.compile and t.compile_mode in ("reduce-overhead", "max-autotune"):
+        return (f"train.cuda_graph=true already graphs the whole iteration; torch.compile's CUDA graphs "
+                f"(compile_mode={t.compile_mode}) cannot nest inside it: set train.compile_mode=default (or "
+                f"train.cuda_graph=false)")
     return None
 
 
 def learning_rates_as(optimizer: torch.optim.Optimizer, graphed: bool, device: torch.device) -> None:
     """Adam's lr as a device tensor and capturable=True for the graph (a captured float would be a constant),
-    a float and capturable=False for the eager step. Called after construction and after load_state_dict,
-    which brings back whatever the checkpoint's writer had."""
+    a float and capturable=False for the eager step; fused Adam on CUDA either way. Called after construction
+    and after load_state_dict, which brings back whatever the checkpoint's writer had: a CPU-written state (a
+    fine-tune of a CPU-trained parent) has fused=None and its step counts on the CPU, which a capturable or fused
+    step refuses, so they are moved to the parameters' device."""
+    device = torch.device(device)
     for group in optimizer.param_groups:
         lr = float(group["lr"])
         group["lr"] = torch.tensor(lr, dtype=torch.float32, device=device) if graphed else lr
         group["capturable"] = graphed
+        if device.type == "cuda":
+            group["fused"], group["foreach"] = True, None
+            for p in group["params"]:
+                state = optimizer.state.get(p)
+                if state and "step" in state:
+                    state["step"] = state["step"].to(p.device, torch.float32)
 
 
 def plain_numbers(state):

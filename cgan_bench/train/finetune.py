@@ -211,6 +211,8 @@ def set_schedule(trainer: Trainer, lr: float, iterations: int) -> None:
             group["lr"] = group["initial_lr"] = lr
         setattr(trainer, name, torch.optim.lr_scheduler.LambdaLR(opt, linear_decay(iterations, 0)))
         learning_rates_as(opt, trainer.graphed, trainer.device)  # train.cuda_graph reads a tensor learning rate
+    if trainer.graphed_step is not None:  # new lr tensors: a graph captured before would read freed ones
+        trainer.graphed_step.reset()
 
 
 def fine_tune_lr(cfg) -> float:

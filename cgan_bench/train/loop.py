@@ -46,6 +46,7 @@ RESUME_FREE_KEYS = {"resume", "device", "wandb", "sweep_name", "report", "report
                     "eval.cache_dir", "eval.inception_weights", "dataset.root", "dataset.download",
                     "dataset.skip_bad_files",  # skipping only ever drops files that a run without it refuses
                     "train.gpu_recipe",  # a label for the device check (app.refuse_cpu_fallback), not the numbers
+                    "train.cuda_graph",  # the same random numbers and updates as eager steps (train/cuda_graph.py)
                     "eval.best_metric",  # which generator best.pt keeps, not how training runs (see restore_best)
                     "figures"}  # which classes the end-of-run figures show
 
@@ -71,7 +72,7 @@ def resume_relevant(cfg) -> dict:
 # Keys added to the configs after a checkpoint was written, with the value that reproduces the old behaviour:
 # a checkpoint without the key resumes when the current value is that one.
 ADDED_KEYS = {"train.compile_mode": "default", "dataset.channels_apart": False, "eval.mode_collapse_fraction": 0.5,
-              "head.bias": False, "train.sync_bn": False, "train.cuda_graph": False}  # head=projection's bias (model.projection_bias, the ImageNet nets)
+              "head.bias": False, "train.sync_bn": False}  # head=projection's bias (model.projection_bias, the ImageNet nets)
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
@@ -406,7 +407,8 @@ class Trainer:
                         raise Diverged(f"non-finite or exploding values at iteration {it}: "
                                        + ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
                 if (it % t.log_every == 0 or final) and self.main:
-                    record = {"iteration": it, "phase": "train", **values, "lr": self.sched_g.get_last_lr()[0]}
+                    record = {"iteration": it, "phase": "train", **values,
+                              "lr": float(self.sched_g.get_last_lr()[0])}  # a 0-d tensor under train.cuda_graph
                     self.run.log(record)
                     if self.tracker is not None:
                         self.tracker.log(record)
