@@ -89,8 +89,17 @@ def two_ranks(tmp_path_factory):
     return {(r, mode): torch.load(out / f"rank{r}_{mode}.pt") for r in (0, 1) for mode in ("eval", "train")}
 
 
-def test_two_ranks_train_what_one_process_trains_on_the_same_global_batch(two_ranks):
+@pytest.fixture
+def one_thread():
+    """torch on 1 thread, as each spawned rank runs; the count is restored for the tests after (numerics of the
+    layouts differ by thread count: test_fast_path)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_two_ranks_train_what_one_process_trains_on_the_same_global_batch(two_ranks, one_thread):
     """Up to rounding: Adam's update is about lr * sign(gradient), so a gradient within rounding of 0 (a few in
     10^4 weights here) may move by up to 2 lr the other way; every other weight agrees to 1e-5."""
     trainer, single = train(g_eval=True)

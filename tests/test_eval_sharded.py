@@ -117,8 +117,12 @@ def two_ranks(tmp_path_factory):
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     out = tmp_path_factory.mktemp("eval_one")
-    torch.set_num_threads(1)
-    return out, evaluate_both(out / "one", out / "cache1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank of the 2-rank fixture runs; restored for the tests after this module
+    try:
+        yield out, evaluate_both(out / "one", out / "cache1")
+    finally:
+        torch.set_num_threads(threads)
 
 
 KEYS = ["fid", "is_mean", "is_std", "kid_mean", "intra_fid_mean", "class_accuracy", "diversity_ratio_mean",
