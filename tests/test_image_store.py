@@ -219,7 +219,7 @@ def test_the_trainer_gives_a_streamed_rank_its_share_of_the_real_batch(tmp_path,
     monkeypatch.setattr(distributed, "wrap", lambda G, D, device, sync_bn: (G, D))  # no process group here
     trainer = Trainer(cfg, data, RunDir(tmp_path / "run"), torch.device("cpu"))
     assert trainer.data.sampler_rank == 1
-    x, y = trainer.real_batch(8)
+    x, y = trainer.dequantized(*trainer.real_batch(8))
     assert x.shape == (4, 3, R, R) and x.dtype == torch.float32 and y.shape == (4,)
     assert -1.0 <= x.min() and x.max() < 1.0  # dequantised: [-1, 1)
     trainer.data.close()

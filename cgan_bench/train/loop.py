@@ -294,14 +294,18 @@ class Trainer:
         return distributed.shard(z), distributed.shard(y)
 
     def real_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's slice of a global real batch of n, dequantised. In memory, every rank draws the same global
-        indices and noise and keeps its slice, so N ranks train what one process trains (tests/test_distributed.py).
-        Streamed from disk, each rank reads only its own n/N images (its own sampler: StreamedImageData.for_rank),
-        so the disk serves the global batch once instead of N times; the batches then differ from one process's."""
+        """Real uint8 images and labels for a global batch of n: in memory, the whole global batch (every rank
+        draws the same indices; `dequantized` keeps this rank's slice, so N ranks train what one process trains:
+        tests/test_distributed.py); streamed from disk, only this rank's n/N images (its own sampler:
+        StreamedImageData.for_rank), so the disk serves the global batch once instead of N times."""
         if isinstance(self.data, ImageData):
-            x, y = self.data.sample(n)
+            return self.data.sample(n)
+        return self.data.sample(n // distributed.world_size())
+
+    def dequantized(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """real_batch's images in [-1, 1) with the paper's dequantisation noise: this rank's slice."""
+        if isinstance(self.data, ImageData):
             return distributed.shard(dequantize(x)), distributed.shard(y)
-        x, y = self.data.sample(n // distributed.world_size())
         return dequantize(x), y
 
     def autocast(self):
@@ -339,6 +343,7 @@ class Trainer:
         for _ in range(t.n_dis):
             x_real, y_real = self.real_batch(t.batch_d)
             z, y_fake = self.fake_batch(t.batch_d)
+            x_real, y_real = self.dequantized(x_real, y_real)  # after z: the random-number order of every run so far
             x_real = x_real.contiguous(memory_format=self.memory_format)
             with self.autocast():
                 with torch.no_grad():
