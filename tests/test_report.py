@@ -183,18 +183,20 @@ def read_wandb_records(path: Path) -> list:
     return records
 
 
-def read_complete(path: Path, wait_s: float = 30.0) -> list:
-    """The records of a .wandb file once W&B's writer (its own service process) has flushed the last one: on a
-    loaded machine finish() can return while the tail is still being written, which parses as a corrupt or
-    truncated record; read again until it parses whole."""
+def read_complete(path: Path, wait_s: float = 60.0) -> list:
+    """The records of a finished run's .wandb file once W&B's writer (its own service process) has flushed them
+    all, i.e. up to the `exit` record it writes last: on a loaded machine finish() can return while the file is
+    still being written, which reads as a corrupt or truncated tail or as records missing (CI saw both)."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
-            return read_wandb_records(path)
+            records = read_wandb_records(path)
+            if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+                return records
         except DecodeError:  # google.protobuf's
             if time.monotonic() > deadline:
                 raise
-            time.sleep(0.2)
+        time.sleep(0.2)
 
 
 def history_rows(records) -> list[dict]:
