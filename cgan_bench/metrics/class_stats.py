@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from ..io import atomic_torch_save
 from .cache import cache_key, cache_root, load_or_build
-from .compute import coverage, evenly_spaced, mean_pairwise_distance, near_duplicate_rate
+from .compute import class_diversity, evenly_spaced
 from .feature_space import FeatureSpace
 from .frechet import frechet_distance
 from .reference import extract_on
@@ -129,18 +129,11 @@ def class_row(c: int, gen_feats: torch.Tensor, gen_class_logits: torch.Tensor, s
     """One per_class.csv row in the per-class mode (same columns as compute.per_class_metrics)."""
     gen_stats = fid_features_to_statistics(gen_feats.double())
     real_stats = {"mu": stats["mu"].numpy(), "sigma": stats["sigma"].numpy()}  # real first: frechet.py's order
-    real = stats["real_subset"]
-    m = min(len(gen_feats), len(real), pairs_max)
-    g_sub, r_sub = gen_feats[evenly_spaced(len(gen_feats), m)], real[evenly_spaced(len(real), m)]
-    duplicates = near_duplicate_rate(g_sub, r_sub)
     return {
         "class": c,
         "intra_fid": frechet_distance(real_stats, gen_stats),
-        "diversity_ratio": mean_pairwise_distance(g_sub) / max(mean_pairwise_distance(r_sub), 1e-12),
-        "near_duplicate_rate": duplicates,
-        "class_coverage": coverage(r_sub, g_sub, min(coverage_k, m - 1)),
+        **class_diversity(gen_feats, stats["real_subset"], pairs_max, coverage_k, collapse_threshold),
         "accuracy": (gen_class_logits.argmax(1) == c).float().mean().item(),
-        "collapsed": bool(duplicates > collapse_threshold),
         "n_generated": len(gen_feats),
         "n_real": int(stats["n"]),
     }

@@ -111,22 +111,29 @@ def per_class_metrics(gen_feats: torch.Tensor, gen_logits: torch.Tensor, gen_lab
         m = min(len(g), len(r), pairs_max)
         if m < 2:
             raise ValueError(f"class {c} has {len(g)} generated and {len(r)} real samples; need at least 2 of each")
-        g_sub, r_sub = g[evenly_spaced(len(g), m)], r[evenly_spaced(len(r), m)]
-        ratio = mean_pairwise_distance(g_sub) / max(mean_pairwise_distance(r_sub), 1e-12)
-        duplicates = near_duplicate_rate(g_sub, r_sub)
         real_stats, real_root = real_class_statistics(real_feats, real_labels, c, real_memo)
         rows.append({
             "class": c,
             "intra_fid": frechet_distance(real_stats, statistics(g), real_root),
-            "diversity_ratio": ratio,
-            "near_duplicate_rate": duplicates,
-            "class_coverage": coverage(r_sub, g_sub, min(coverage_k, m - 1)),
+            **class_diversity(g, r, pairs_max, coverage_k, collapse_threshold),
             "accuracy": (predicted[gen_labels == c] == c).float().mean().item(),
-            "collapsed": bool(duplicates > collapse_threshold),
             "n_generated": len(g),
             "n_real": len(r),
         })
     return rows
+
+
+def class_diversity(gen: torch.Tensor, real: torch.Tensor, pairs_max: int, coverage_k: int,
+                    collapse_threshold: float) -> dict:
+    """One class's diversity ratio, near-duplicate rate, coverage and `collapsed`, on m = min(n_gen, n_real,
+    pairs_max) evenly spaced samples of each side (the pooled and the per-class intra-FID modes alike)."""
+    m = min(len(gen), len(real), pairs_max)
+    g_sub, r_sub = gen[evenly_spaced(len(gen), m)], real[evenly_spaced(len(real), m)]
+    duplicates = near_duplicate_rate(g_sub, r_sub)
+    return {"diversity_ratio": mean_pairwise_distance(g_sub) / max(mean_pairwise_distance(r_sub), 1e-12),
+            "near_duplicate_rate": duplicates,
+            "class_coverage": coverage(r_sub, g_sub, min(coverage_k, m - 1)),
+            "collapsed": bool(duplicates > collapse_threshold)}
 
 
 KID_SUBSETS = 100
