@@ -175,6 +175,9 @@ def test_per_class_intra_fid_matches_an_independent_fid(tmp_path):
     G = generator().eval()
     record = ev.evaluate(G, 1, "final")
     rows = pd.read_csv(tmp_path / "run" / "per_class.csv")
+    pooled_columns = ["class", "intra_fid", "diversity_ratio", "near_duplicate_rate", "class_coverage", "accuracy",
+                      "collapsed", "n_generated", "n_real"]  # per_class.csv's contract, the same in both modes
+    assert list(rows.columns[:len(pooled_columns)]) == pooled_columns
     for c in range(N_CLASSES):
         with torch.no_grad():
             z = class_noise(3, c, K, Z, CPU)

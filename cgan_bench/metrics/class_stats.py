@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from ..io import atomic_torch_save
 from .cache import cache_key, cache_root, load_or_build
-from .compute import class_diversity, evenly_spaced
+from .compute import class_row, evenly_spaced
 from .feature_space import FeatureSpace
 from .frechet import frechet_distance
 from .reference import extract_on
@@ -124,16 +124,12 @@ def class_noise(seed: int, c: int, k: int, z_dim: int, device) -> torch.Tensor:
     return torch.randn(k, z_dim, generator=g, device=device)
 
 
-def class_row(c: int, gen_feats: torch.Tensor, gen_class_logits: torch.Tensor, stats: dict, *, pairs_max: int,
-              coverage_k: int, collapse_threshold: float) -> dict:
-    """One per_class.csv row in the per-class mode (same columns as compute.per_class_metrics)."""
+def per_class_mode_row(c: int, gen_feats: torch.Tensor, gen_class_logits: torch.Tensor, stats: dict, *,
+                       pairs_max: int, coverage_k: int, collapse_threshold: float) -> dict:
+    """One per_class.csv row in the per-class mode: intra-FID against the class's cached statistics (all its
+    real images), diversity against the cached real subset."""
     gen_stats = fid_features_to_statistics(gen_feats.double())
     real_stats = {"mu": stats["mu"].numpy(), "sigma": stats["sigma"].numpy()}  # real first: frechet.py's order
-    return {
-        "class": c,
-        "intra_fid": frechet_distance(real_stats, gen_stats),
-        **class_diversity(gen_feats, stats["real_subset"], pairs_max, coverage_k, collapse_threshold),
-        "accuracy": (gen_class_logits.argmax(1) == c).float().mean().item(),
-        "n_generated": len(gen_feats),
-        "n_real": int(stats["n"]),
-    }
+    return class_row(c, frechet_distance(real_stats, gen_stats), gen_feats, stats["real_subset"],
+                     (gen_class_logits.argmax(1) == c).float().mean().item(), int(stats["n"]),
+                     pairs_max=pairs_max, coverage_k=coverage_k, collapse_threshold=collapse_threshold)

@@ -112,28 +112,29 @@ def per_class_metrics(gen_feats: torch.Tensor, gen_logits: torch.Tensor, gen_lab
         if m < 2:
             raise ValueError(f"class {c} has {len(g)} generated and {len(r)} real samples; need at least 2 of each")
         real_stats, real_root = real_class_statistics(real_feats, real_labels, c, real_memo)
-        rows.append({
-            "class": c,
-            "intra_fid": frechet_distance(real_stats, statistics(g), real_root),
-            **class_diversity(g, r, pairs_max, coverage_k, collapse_threshold),
-            "accuracy": (predicted[gen_labels == c] == c).float().mean().item(),
-            "n_generated": len(g),
-            "n_real": len(r),
-        })
+        rows.append(class_row(c, frechet_distance(real_stats, statistics(g), real_root), g, r,
+                              (predicted[gen_labels == c] == c).float().mean().item(), len(r),
+                              pairs_max=pairs_max, coverage_k=coverage_k, collapse_threshold=collapse_threshold))
     return rows
 
 
-def class_diversity(gen: torch.Tensor, real: torch.Tensor, pairs_max: int, coverage_k: int,
-                    collapse_threshold: float) -> dict:
-    """One class's diversity ratio, near-duplicate rate, coverage and `collapsed`, on m = min(n_gen, n_real,
-    pairs_max) evenly spaced samples of each side (the pooled and the per-class intra-FID modes alike)."""
+def class_row(c: int, intra_fid: float, gen: torch.Tensor, real: torch.Tensor, accuracy: float, n_real: int, *,
+              pairs_max: int, coverage_k: int, collapse_threshold: float) -> dict:
+    """One per_class.csv row, columns in the contract's order (the pooled and the per-class intra-FID modes
+    alike): diversity ratio, near-duplicate rate, coverage and `collapsed` on m = min(n_gen, n_real,
+    pairs_max) evenly spaced samples of each side; intra-FID and accuracy as the caller measured them."""
     m = min(len(gen), len(real), pairs_max)
     g_sub, r_sub = gen[evenly_spaced(len(gen), m)], real[evenly_spaced(len(real), m)]
     duplicates = near_duplicate_rate(g_sub, r_sub)
-    return {"diversity_ratio": mean_pairwise_distance(g_sub) / max(mean_pairwise_distance(r_sub), 1e-12),
+    return {"class": c,
+            "intra_fid": intra_fid,
+            "diversity_ratio": mean_pairwise_distance(g_sub) / max(mean_pairwise_distance(r_sub), 1e-12),
             "near_duplicate_rate": duplicates,
             "class_coverage": coverage(r_sub, g_sub, min(coverage_k, m - 1)),
-            "collapsed": bool(duplicates > collapse_threshold)}
+            "accuracy": accuracy,
+            "collapsed": bool(duplicates > collapse_threshold),
+            "n_generated": len(gen),
+            "n_real": n_real}
 
 
 KID_SUBSETS = 100

@@ -20,7 +20,7 @@ from ..train import distributed
 from ..train.run_dir import RunDir
 from ..train.samples import to_uint8
 from .cache import fingerprint
-from .class_stats import ClassStats, class_noise, class_row, class_stats_dir, selected_classes
+from .class_stats import ClassStats, class_noise, class_stats_dir, per_class_mode_row, selected_classes
 from .compute import evenly_spaced, overall_metrics, per_class_metrics, summarize_per_class
 from .feature_space import FeatureSpace, exact_float32
 from .modes import balanced_subset, mode_metrics
@@ -181,9 +181,10 @@ class Evaluator:
                         feats.append(self.space.extract(to_uint8(G(zb, y)), bs)[0])
                 if c is not None:
                     f = torch.cat(feats)
-                    rows.append(class_row(c, f, self.class_logits(f), self.class_stats.get(c),
-                                          pairs_max=self.cfg.diversity_pairs_max, coverage_k=self.cfg.coverage_k,
-                                          collapse_threshold=self.cfg.collapse_threshold))
+                    rows.append(per_class_mode_row(c, f, self.class_logits(f), self.class_stats.get(c),
+                                                   pairs_max=self.cfg.diversity_pairs_max,
+                                                   coverage_k=self.cfg.coverage_k,
+                                                   collapse_threshold=self.cfg.collapse_threshold))
         finally:
             G.train(was_training)
         return sorted((r for part in distributed.gather_objects(rows) for r in part), key=lambda r: r["class"])
