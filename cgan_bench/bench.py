@@ -22,6 +22,7 @@ import time
 
 import torch
 from hydra import compose, initialize_config_dir
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .app import CONF_DIR, resolve_device
@@ -63,15 +64,33 @@ def count_flops(fn) -> int:
     return counter.get_total_flops()
 
 
-def count_step_flops(trainer: Trainer) -> int:
-    """FLOPs of one training step, counted on the eager modules (a compiled graph runs fused kernels the
-    counter cannot see; the arithmetic is the same)."""
-    fast = trainer.G_fast, trainer.D_fast, trainer.graphed_step
-    trainer.G_fast, trainer.D_fast, trainer.graphed_step = trainer.G, trainer.D, None  # an eager step, not a capture
+class OpCounter(TorchDispatchMode):
+    """Counts the ATen operators an eager step dispatches to the device (forward, backward and optimizer alike):
+    on a GPU each is at least one kernel launch, so the count is the eager step's launch count up to the few ops
+    that launch several or none (views), the same on any device and at any batch size."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_step_work(trainer: Trainer) -> tuple[int, int]:
+    """FLOPs and dispatched ATen ops of one training step, counted on the eager modules (a compiled graph runs
+    fused kernels the counters cannot see; the arithmetic is the same)."""
+    fast = trainer.G_fast, trainer.D_fast, trainer.D_sync, trainer.graphed_step
+    # an eager step, not a capture
+    trainer.G_fast, trainer.D_fast, trainer.D_sync, trainer.graphed_step = trainer.G, trainer.D, trainer.D, None
     try:
-        return count_flops(trainer.step)
+        flops = count_flops(trainer.step)
+        with OpCounter() as ops:
+            trainer.step()
+        return flops, ops.count
     finally:
-        trainer.G_fast, trainer.D_fast, trainer.graphed_step = fast
+        trainer.G_fast, trainer.D_fast, trainer.D_sync, trainer.graphed_step = fast
 
 
 def synthetic_data(n_classes: int, resolution: int, device, n: int = 4096) -> ImageData:
@@ -148,14 +167,14 @@ def bench_head(cfg, device, args, run_dir) -> dict:
     trainer.step()  # the first step pays for compilation (train.compile) and cuDNN autotuning
     synchronize(device)
     first_s = time.perf_counter() - t0
-    flops = count_step_flops(trainer)
+    flops, ops = count_step_work(trainer)
     # train.cuda_graph: its eager warm-up iterations and the capture come before the timed replays
     warmup = args.warmup + (WARMUP + 1 if trainer.graphed_step is not None else 0)
     sec = time_call(trainer.step, device, warmup, args.repeats)
     row = {"head": head, "precision": trainer.precision, "precision_config": t.precision, "compile": bool(t.compile),
            "compile_mode": str(t.compile_mode), "cuda_graph": trainer.graphed_step is not None,
-           "channels_last": bool(t.channels_last),
-           "ms_per_it": 1e3 * sec, "it_per_s": 1.0 / sec, "gflop_per_it": flops / 1e9,
+           "channels_last": bool(t.channels_last), "joint_d_forward": trainer.joint_d_forward,
+           "aten_ops_per_it": ops, "ms_per_it": 1e3 * sec, "it_per_s": 1.0 / sec, "gflop_per_it": flops / 1e9,
            "tflop_per_s": flops / sec / 1e12, "first_it_s": first_s}
     peak = peak_tflops(device, trainer.precision)
     row["peak_fraction"] = None if peak is None else row["tflop_per_s"] / peak
@@ -460,7 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print(f"device: {result['device']}, torch {result['torch']}, {result['method']}")
         print(f"config: {result['config']}\n")
-        print(format_table(result["train"], ["head", "precision", "compile", "cuda_graph", "channels_last", "ms_per_it",
+        print(format_table(result["train"], ["head", "precision", "compile", "cuda_graph", "channels_last",
+                                             "joint_d_forward", "aten_ops_per_it", "ms_per_it",
                                              "it_per_s", "gflop_per_it", "tflop_per_s", "peak_fraction", "first_it_s",
                                              "baseline_ms_per_it", "speedup_vs_baseline"]))
         if "eval" in result:

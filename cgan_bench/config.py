@@ -80,6 +80,8 @@ def validate(cfg: DictConfig) -> None:
         _check(isinstance(t[key], bool), f"train.{key}", t[key], "true or false")
     _check(isinstance(t.get("sync_bn", False), bool), "train.sync_bn", t.get("sync_bn"), "true or false")
     _check(isinstance(t.get("cuda_graph", False), bool), "train.cuda_graph", t.get("cuda_graph"), "true or false")
+    _check(isinstance(t.get("joint_d_forward", False), bool), "train.joint_d_forward", t.get("joint_d_forward"),
+           "true or false")
     _check(isinstance(t.get("gpu_recipe", False), bool), "train.gpu_recipe", t.get("gpu_recipe"),
            "true (sized for a GPU: device=auto without CUDA refuses it) or false")
     _check(_is_num(t.max_abs_logit) and t.max_abs_logit > 0, "train.max_abs_logit", t.max_abs_logit, "a number > 0")

@@ -31,10 +31,27 @@ def test_bench_json_has_every_field(capsys):
 
 
 @pytest.mark.slow
-def test_flops_grow_with_discriminator_steps(capsys):
-    one = run_bench(capsys)["train"][0]["gflop_per_it"]
-    three = run_bench(capsys, "train.n_dis=3")["train"][0]["gflop_per_it"]
-    assert three > 1.5 * one
+def test_flops_and_ops_grow_with_discriminator_steps(capsys):
+    rows = {n: run_bench(capsys, "--heads", "projection", f"train.n_dis={n}")["train"][0] for n in (1, 2, 3)}
+    assert rows[3]["gflop_per_it"] > 1.5 * rows[1]["gflop_per_it"]
+    # every D step dispatches the same ops: the count is linear in n_dis
+    ops = {n: r["aten_ops_per_it"] for n, r in rows.items()}
+    assert ops[3] - ops[2] == ops[2] - ops[1] > 0
+    joint = run_bench(capsys, "--heads", "projection", "train.n_dis=3", "train.joint_d_forward=true")["train"][0]
+    assert joint["joint_d_forward"] is True and joint["gflop_per_it"] == pytest.approx(rows[3]["gflop_per_it"])
+    assert joint["aten_ops_per_it"] < ops[3] - 0.5 * (ops[3] - ops[2])  # one D call per D step: fewer ops
+
+
+def test_op_counter_counts_each_dispatched_operator():
+    import torch
+    from cgan_bench.bench import OpCounter
+    a = torch.ones(3, requires_grad=True)
+    with OpCounter() as ops:
+        torch.add(a, 1).mul(2)
+    assert ops.count == 2
+    with OpCounter() as ops:
+        (a * 3).sum().backward()
+    assert ops.count >= 4  # mul, sum; backward: expand of the sum's grad, mul by 3 (and the accumulation)
 
 
 def test_bad_override_is_a_one_line_error(capsys):
@@ -59,6 +76,7 @@ def test_compiled_step_is_timed_and_its_flops_counted_like_eager(capsys):
     compiled = run_bench(capsys, "--heads", "projection", "train.compile=true")["train"][0]
     assert compiled["compile"] is True and compiled["ms_per_it"] > 0
     assert compiled["gflop_per_it"] == eager["gflop_per_it"]  # counted on the same arithmetic, not on fused kernels
+    assert compiled["aten_ops_per_it"] == eager["aten_ops_per_it"]  # the eager step's launches, not the fused
     assert compiled["first_it_s"] > compiled["ms_per_it"] / 1e3  # the first step pays for compilation
 
 

@@ -151,3 +151,23 @@ def test_trunk_depth_follows_resolution():
     assert trunk_depth(64) == (5, 3)
     with pytest.raises(ValueError):
         trunk_depth(24)
+
+
+@pytest.mark.parametrize("name", sorted(HEADS))
+def test_one_call_on_real_and_fake_splits_into_the_two_calls(name):
+    """train.joint_d_forward: D on [real; fake] split back equals D on each (every head is per sample, every
+    field of its output is split, real first)."""
+    D = make_d(name).eval()  # eval: the same spectral-norm vectors in every call
+    g = torch.Generator().manual_seed(1)
+    x_real, x_fake = torch.randn(5, 3, 32, 32, generator=g), torch.randn(7, 3, 32, 32, generator=g)
+    y_real, y_fake = torch.randint(0, N_CLASSES, (5,), generator=g), torch.randint(0, N_CLASSES, (7,), generator=g)
+    with torch.no_grad():
+        joint_real, joint_fake = D(torch.cat([x_real, x_fake]), torch.cat([y_real, y_fake])).split(5)
+        real, fake = D(x_real, y_real), D(x_fake, y_fake)
+    for joint, alone in ((joint_real, real), (joint_fake, fake)):
+        assert type(joint) is type(alone)
+        for field, value in vars(alone).items():
+            if value is None:
+                assert getattr(joint, field) is None, field
+            else:
+                torch.testing.assert_close(getattr(joint, field), value, rtol=1e-5, atol=1e-5, msg=field)

@@ -1,5 +1,5 @@
 """What a discriminator head is: where labels enter the trunk, and what comes out of phi(x), y."""
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
@@ -11,6 +11,15 @@ class DiscriminatorOutput:
 
     adv: torch.Tensor
     class_logits: torch.Tensor | None = None
+
+    def split(self, n: int) -> tuple["DiscriminatorOutput", "DiscriminatorOutput"]:
+        """The outputs of the first n samples and of the rest (train.joint_d_forward: one D call on real and
+        fake together, split back into the two halves every loss reads). Every field is per sample."""
+        first, rest = {}, {}
+        for field in fields(self):
+            value = getattr(self, field.name)
+            first[field.name], rest[field.name] = (None, None) if value is None else (value[:n], value[n:])
+        return type(self)(**first), type(self)(**rest)
 
 
 class Head(nn.Module):

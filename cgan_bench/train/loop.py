@@ -72,7 +72,8 @@ def resume_relevant(cfg) -> dict:
 # Keys added to the configs after a checkpoint was written, with the value that reproduces the old behaviour:
 # a checkpoint without the key resumes when the current value is that one.
 ADDED_KEYS = {"train.compile_mode": "default", "dataset.channels_apart": False, "eval.mode_collapse_fraction": 0.5,
-              "head.bias": False, "train.sync_bn": False}  # head=projection's bias (model.projection_bias, the ImageNet nets)
+              "head.bias": False,  # head=projection's bias (model.projection_bias, the ImageNet nets)
+              "train.sync_bn": False, "train.joint_d_forward": False}
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
@@ -166,6 +167,7 @@ class Trainer:
         for opt in (self.opt_g, self.opt_d):  # after the schedulers: they keep float base learning rates
             learning_rates_as(opt, self.graphed, self.device)
         self.loss_d, self.loss_g = LOSSES[t.loss]
+        self.joint_d_forward = bool(t.get("joint_d_forward", False))  # one D call on [real; fake] per D step
         self.iteration, self.wall_s, self.train_it_per_s = 0, 0.0, None
         # the best curve score so far (eval.best_metric; None = keep no best.pt), part of the resumable state;
         # `since`: the first iteration whose curve evaluations were candidates (a resume without this state)
@@ -348,7 +350,11 @@ class Trainer:
             with self.autocast():
                 with torch.no_grad():
                     x_fake = G(z, y_fake)
-                out_real, out_fake = D_sync(x_real, y_real), D_sync(x_fake, y_fake)
+                if self.joint_d_forward:  # one call, one power iteration per SN layer (see train=paper)
+                    out_real, out_fake = D_sync(torch.cat([x_real, x_fake]), torch.cat([y_real, y_fake])).split(
+                        len(y_real))
+                else:  # the paper's code: real, then fake, each call one power iteration
+                    out_real, out_fake = D_sync(x_real, y_real), D_sync(x_fake, y_fake)
             d_loss = self.loss_d(out_real.adv, out_fake.adv) + head.d_aux_loss(out_real, y_real, out_fake, y_fake)
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
