@@ -25,8 +25,10 @@ def test_bench_json_has_every_field(capsys):
         assert row["precision"] == "fp32" and row["compile"] is False and row["cuda_graph"] is False
         assert row["compile_mode"] == "default"
     ev = out["eval"]
-    for key in ("generated_img_per_s", "features_img_per_s", "final_eval_s"):
+    for key in ("generated_img_per_s", "features_img_per_s", "curve_eval_s", "final_eval_s", "final_eval_generate_s",
+                "final_eval_metrics_s"):
         assert ev[key] > 0
+    assert ev["final_eval_generate_s"] + ev["final_eval_metrics_s"] == pytest.approx(ev["final_eval_s"])
     assert ev["feature_space"] == "classifier"
 
 

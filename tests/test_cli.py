@@ -100,6 +100,7 @@ def test_curve_and_final_lines_carry_every_metric_and_protocol_field(tmp_path):
         for key in DESIGN_METRICS + PROTOCOL_FIELDS:
             assert key in x and x[key] is not None, key
         assert x["real_split"] == "test" and x["feature_space"] == "classifier" and x["n_real"] == 360
+        assert 0 < x["eval_generate_s"] < x["eval_s"]  # generation + features, then the metric math
     assert evals[0]["n_generated"] == 50 and evals[1]["n_generated"] == 100  # curve uses fewer samples
     per_class = pd.read_csv(run_dir / "per_class.csv")
     assert list(per_class.columns[:len(PER_CLASS_COLUMNS)]) == PER_CLASS_COLUMNS and len(per_class) == 10

@@ -221,6 +221,8 @@ class Evaluator:
         with exact_float32():  # G's forward in IEEE fp32 too (torch lets cuDNN convolutions use TF32 by default)
             feats, logits, labels = self.generate_features(G, n, stop)
             rows = self.per_class_pass(G, stop) if self.per_class_k is not None and phase != "curve" else None
+        generated_s = time.perf_counter() - t0  # generation and features (the device's share of eval_s)
+        extra = {"eval_generate_s": round(generated_s, 3), **(extra or {})}
         record = self.metrics(feats, logits, labels, rows, iteration, phase, n, extra, t0) if self.main else None
         if distributed.world_size() > 1:
             record = distributed.broadcast_state(record)
