@@ -240,6 +240,44 @@ def bench_eval(cfg, device, args, run_dir) -> dict:
     return row
 
 
+def bench_metric_math(cfg, n_classes: int, dim: int = 2048, real_total: int = 50000) -> dict:
+    """Seconds of each part of a final evaluation's metric math (the CPU side of eval_s) at the configured
+    protocol's sizes, on random 2048-d features: a CIFAR-sized training split (real_total images, as many per
+    class) for intra-FID, the protocol's n_real vs n_fake for FID/KID/precision-recall/density-coverage, IS on
+    n_generated logits. Per-class: the first evaluation of a run (real covariance roots computed) and a later one
+    (roots cached, compute.real_class_statistics)."""
+    from .metrics import compute
+    e = cfg.eval
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(dim, dim, generator=g) / dim ** 0.5
+    per_class = max(2, int(e.n_generated) // n_classes)
+    gen_labels = torch.arange(n_classes).repeat_interleave(per_class)
+    real_labels = torch.arange(n_classes).repeat_interleave(real_total // n_classes)
+    gen = torch.randn(len(gen_labels), dim, generator=g) @ mix
+    real = torch.randn(len(real_labels), dim, generator=g) @ mix.T
+    logits = torch.randn(len(gen_labels), 1008, generator=g)
+    n_real = len(real) if e.n_real < 0 else min(int(e.n_real), len(real))
+    fid_real, fid_fake = real[compute.evenly_spaced(len(real), n_real)], gen[compute.evenly_spaced(len(gen), e.n_fake)]
+    row = {"threads": torch.get_num_threads(), "n_real": len(fid_real), "n_fake": len(fid_fake),
+           "n_generated": len(gen), "real_per_class": real_total // n_classes, "classes": n_classes}
+    memo = {}
+    parts = {"inception_score": lambda: compute.inception_score(logits, int(e.isc_splits)),
+             "fid": lambda: compute.fid(fid_fake, fid_real),
+             "kid": lambda: compute.kid(fid_fake, fid_real, int(e.kid_subset_size)),
+             "precision_recall": lambda: compute.precision_recall(fid_fake, fid_real, int(e.prc_neighborhood)),
+             "density_coverage": lambda: compute.density_coverage(fid_real, fid_fake, int(e.coverage_k))}
+    for which in ("first", "cached"):
+        parts[f"per_class_{which}"] = lambda: compute.per_class_metrics(
+            gen, logits[:, :n_classes], gen_labels, real, real_labels, n_classes, coverage_k=int(e.coverage_k),
+            pairs_max=int(e.diversity_pairs_max), collapse_threshold=float(e.collapse_threshold), real_memo=memo)
+    for name, fn in parts.items():
+        t0 = time.perf_counter()
+        fn()
+        row[f"{name}_s"] = time.perf_counter() - t0
+    row["final_eval_metric_math_s"] = sum(v for k, v in row.items() if k.endswith("_s") and k != "per_class_first_s")
+    return row
+
+
 def bench_frechet(dim: int = 2048, repeats: int = 1) -> list[dict]:
     """Seconds per Fréchet distance (FID, one intra-FID class) between two dim-d Gaussians on this machine's CPU:
     torch-fidelity's eigvals path, metrics/frechet.py's two symmetric eigendecompositions, and frechet.py with the
@@ -441,6 +479,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frechet", action="store_true",
                         help="also time one 2048-d Fréchet distance (FID, intra-FID per class) on the CPU, "
                              "torch-fidelity's way and metrics/frechet.py's")
+    parser.add_argument("--metric-math", action="store_true",
+                        help="also time each part of a final evaluation's metric math on the CPU (IS, FID, KID, "
+                             "precision/recall, density/coverage, per-class) at the eval protocol's sizes")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--jobs", default=None,
                         help="comma-separated job counts, e.g. 1,2,4,8: also run N concurrent training processes of "
@@ -479,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
             result["eval"] = bench_eval(cfg, device, args, tmp)
         if args.frechet:
             result["frechet"] = bench_frechet(repeats=args.repeats)
+        if args.metric_math:
+            result["metric_math"] = bench_metric_math(cfg, args.n_classes)
         if jobs:
             result["packing"] = bench_packing(jobs, args.overrides, device, args, tmp)
     if args.json:
@@ -496,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
         if "frechet" in result:
             print()
             print(format_table(result["frechet"], list(result["frechet"][0])))
+        if "metric_math" in result:
+            print()
+            print(format_table([result["metric_math"]], list(result["metric_math"])))
         if "packing" in result:
             pack = result["packing"]
             print(f"\npacking, head {pack['head']}: {pack['method']}")

@@ -41,6 +41,8 @@ for row in result["train"]:
     print("  ", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
 if "eval" in result:
     print("   eval", {k: round(v, 2) if isinstance(v, float) else v for k, v in result["eval"].items()})
+if "metric_math" in result:
+    print("   metric_math", {k: round(v, 2) if isinstance(v, float) else v for k, v in result["metric_math"].items()})
 for row in result.get("frechet", []):
     print("   frechet", {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
 for row in result.get("packing", {}).get("rows", []):
@@ -62,7 +64,7 @@ fi
 bench bf16_cuda_graph --heads projection train.precision=bf16 train.cuda_graph=true "$@"
 bench bf16_cuda_graph_joint --heads projection train.precision=bf16 train.cuda_graph=true train.joint_d_forward=true "$@"
 bench bf16_compile_cuda_graph_joint --heads projection train.precision=bf16 train.compile=true train.cuda_graph=true train.joint_d_forward=true "$@"
-bench eval_paper --heads "" --eval --frechet "$@"
+bench eval_paper --heads "" --eval --frechet --metric-math "$@"
 bench packing_cuda_graph --heads projection train.precision=bf16 train.cuda_graph=true --jobs 1,2,4,8 "$@"
 bench bf16 --heads projection train.precision=bf16 "$@"
 bench bf16_joint --heads projection train.precision=bf16 train.joint_d_forward=true "$@"

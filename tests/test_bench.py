@@ -127,3 +127,13 @@ def test_eval_timing_of_the_per_class_intra_fid_mode(capsys):
     assert out["train"] == [] and ev["intra_fid_mode"] == "per_class"
     assert ev["intra_fid_generated_per_class"] == 20 and ev["intra_fid_classes"] == 3
     assert ev["per_class_pass_s_all_classes_one_device"] == pytest.approx(10 * ev["per_class_pass_s_per_class"])
+
+
+def test_metric_math_timing_covers_every_part_at_the_protocol_sizes():
+    from cgan_bench.bench import bench_metric_math, make_config
+    cfg = make_config(["eval=smoke", "eval.n_real=300", "eval.n_fake=200", "eval.n_generated=400"])
+    row = bench_metric_math(cfg, n_classes=4, dim=64, real_total=2000)
+    assert (row["n_real"], row["n_fake"], row["n_generated"], row["real_per_class"]) == (300, 200, 400, 500)
+    parts = ["inception_score_s", "fid_s", "kid_s", "precision_recall_s", "density_coverage_s", "per_class_cached_s"]
+    assert all(row[k] > 0 for k in parts + ["per_class_first_s"])
+    assert row["final_eval_metric_math_s"] == pytest.approx(sum(row[k] for k in parts))
