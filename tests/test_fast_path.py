@@ -146,3 +146,28 @@ def test_power_iteration_op_is_torchs_power_method():
     conv = sn(torch.nn.Conv2d(3, 8, 1)).eval()
     x = torch.randn(2, 3, 4, 4)
     torch.testing.assert_close(torch.compile(conv)(x), conv(x))
+
+
+def test_each_iteration_draws_its_random_numbers_in_the_order_of_every_earlier_run(tmp_path):
+    """The order pins what a seed trains (README's numbers): G step z then labels; each D step the real indices,
+    then z and labels, then the dequantisation noise. Replayed from the same RNG state in that order, the draws
+    must be the very batches D saw (a reordering, e.g. the noise before z, changes them)."""
+    trainer = make_trainer(tmp_path, "train.n_dis=1")
+    t, z_dim, data = trainer.cfg.train, trainer.cfg.model.z_dim, trainer.data
+    seen = []
+    hook = trainer.D.register_forward_pre_hook(lambda module, args: seen.append([a.detach().clone() for a in args]))
+    state = torch.get_rng_state()
+    trainer.step()
+    hook.remove()
+    torch.set_rng_state(state)
+    torch.randn(t.batch_g, z_dim)  # the G step's z
+    y_g = torch.randint(0, data.n_classes, (t.batch_g,))
+    idx = torch.randint(0, len(data.labels), (t.batch_d,))
+    torch.randn(t.batch_d, z_dim)  # the D step's z
+    y_fake = torch.randint(0, data.n_classes, (t.batch_d,))
+    x_real = data.images[idx].float() / 128.0 - 1.0
+    x_real = x_real + torch.rand_like(x_real) / 128.0
+    (_, g_step_labels), (d_real, d_real_labels), (_, d_fake_labels) = seen
+    assert torch.equal(g_step_labels, y_g) and torch.equal(d_fake_labels, y_fake)
+    assert torch.equal(d_real_labels, data.labels[idx])
+    torch.testing.assert_close(d_real, x_real, rtol=0, atol=0)
