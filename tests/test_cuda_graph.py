@@ -109,9 +109,12 @@ def test_graph_trains_the_same_model_as_the_eager_step(tmp_path):
     eager steps from the same seed, up to rounding."""
     from test_fast_path import assert_same_training, trained_state
     n = WARMUP + 4
-    eager = trained_state(tmp_path, "train.cuda_graph=false", "train.precision=fp32", iterations=n, device="cuda")
-    graphed = trained_state(tmp_path, "train.cuda_graph=true", "train.precision=fp32", iterations=n, device="cuda")
-    assert_same_training(eager, graphed, tol=1e-4)
+    for joint in ("false", "true"):  # the paper's two D calls per D step, and train.joint_d_forward's one
+        eager = trained_state(tmp_path / f"joint_{joint}", "train.cuda_graph=false", "train.precision=fp32",
+                              f"train.joint_d_forward={joint}", iterations=n, device="cuda")
+        graphed = trained_state(tmp_path / f"joint_{joint}", "train.cuda_graph=true", "train.precision=fp32",
+                                f"train.joint_d_forward={joint}", iterations=n, device="cuda")
+        assert_same_training(eager, graphed, tol=1e-4)
 
 
 @needs_cuda
