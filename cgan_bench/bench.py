@@ -322,6 +322,22 @@ def bench_frechet(dim: int = 2048, repeats: int = 1) -> list[dict]:
     return rows
 
 
+def cpu_description() -> dict:
+    """The host CPU, written beside every timing (CPU timings differ by model and by native bf16)."""
+    import platform
+    from pathlib import Path
+
+    from .train.precision import cpu_has_native_bf16
+    model = platform.processor() or platform.machine()
+    try:
+        model = next(line.partition(":")[2].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"model": model, "cores": cpu_cores(), "torch_threads": torch.get_num_threads(),
+            "native_bf16": cpu_has_native_bf16()}
+
+
 def cpu_cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -507,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
     torch.backends.cudnn.benchmark = True
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-              "torch": torch.__version__, "config": {"model": dict(cfg.model), "resolution": cfg.dataset.resolution,
+              "cpu": cpu_description(), "torch": torch.__version__, "config": {"model": dict(cfg.model), "resolution": cfg.dataset.resolution,
                                                      "n_dis": cfg.train.n_dis, "batch_d": cfg.train.batch_d,
                                                      "batch_g": cfg.train.batch_g, "overrides": args.overrides},
               "method": f"median of {args.repeats} timed iterations after {args.warmup} warm-up, device synchronised",

@@ -15,6 +15,7 @@ def run_bench(capsys, *args):
 def test_bench_json_has_every_field(capsys):
     out = run_bench(capsys, "--baseline", "--eval")
     assert out["device"].startswith("cpu") and out["torch"] and "median" in out["method"]
+    assert out["cpu"]["model"] and out["cpu"]["cores"] >= 1 and isinstance(out["cpu"]["native_bf16"], bool)
     assert [r["head"] for r in out["train"]] == ["projection", "acgan"]
     for row in out["train"]:
         for key in ("ms_per_it", "it_per_s", "gflop_per_it", "tflop_per_s", "first_it_s", "baseline_ms_per_it",
