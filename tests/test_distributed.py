@@ -50,9 +50,9 @@ def weights(trainer: Trainer) -> dict[str, torch.Tensor]:
             **{f"D.{k}": v.clone() for k, v in trainer.D.state_dict().items()}}
 
 
-def train(g_eval: bool) -> tuple[Trainer, list[dict]]:
+def train(g_eval: bool, *overrides: str) -> tuple[Trainer, list[dict]]:
     """STEPS training steps; each step's weights (G in eval mode: batch norm independent of the batch split)."""
-    trainer = make_trainer()
+    trainer = make_trainer(*overrides)
     if g_eval:
         trainer.G.eval()
     history = []
@@ -80,13 +80,15 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
         for g_eval in (True, False):
             _, history = train(g_eval)
             torch.save(history, os.path.join(out, f"rank{rank}_{'eval' if g_eval else 'train'}.pt"))
+        _, history = train(True, JOINT)
+        torch.save(history, os.path.join(out, f"rank{rank}_joint.pt"))
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks")
     mp.spawn(_rank, args=(2, free_port(), str(out)), nprocs=2, join=True)
-    return {(r, mode): torch.load(out / f"rank{r}_{mode}.pt") for r in (0, 1) for mode in ("eval", "train")}
+    return {(r, mode): torch.load(out / f"rank{r}_{mode}.pt") for r in (0, 1) for mode in ("eval", "train", "joint")}
 
 
 @pytest.fixture
@@ -99,12 +101,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_two_ranks_train_what_one_process_trains_on_the_same_global_batch(two_ranks, one_thread):
+JOINT = "train.joint_d_forward=true"  # one D call on each rank's [real; fake] slices per D step
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_two_ranks_train_what_one_process_trains_on_the_same_global_batch(two_ranks, one_thread, joint):
     """Up to rounding: Adam's update is about lr * sign(gradient), so a gradient within rounding of 0 (a few in
     10^4 weights here) may move by up to 2 lr the other way; every other weight agrees to 1e-5."""
-    trainer, single = train(g_eval=True)
+    trainer, single = train(True, *([JOINT] if joint else []))
     lr = trainer.cfg.train.lr
-    for step, (one, ranked) in enumerate(zip(single, two_ranks[(0, "eval")])):
+    for step, (one, ranked) in enumerate(zip(single, two_ranks[(0, "joint" if joint else "eval")])):
         diff = torch.cat([(ranked[k].float() - one[k].float()).abs().flatten() for k in one])
         assert diff.max() <= 2 * lr + 1e-5, step
         assert (diff > 1e-5).float().mean() < 1e-3, step
@@ -113,7 +119,7 @@ def test_two_ranks_train_what_one_process_trains_on_the_same_global_batch(two_ra
     assert any(not torch.allclose(start[k].float(), single[-1][k].float()) for k in start if "weight" in k)
 
 
-@pytest.mark.parametrize("mode", ["eval", "train"])
+@pytest.mark.parametrize("mode", ["eval", "train", "joint"])
 def test_ranks_hold_identical_weights_after_every_step(two_ranks, mode):
     """G in train mode too: per-rank batch norm differs in its statistics, not in the averaged gradients;
     buffers (running statistics, u/v) are rank 0's, broadcast at each forward."""
