@@ -3,7 +3,8 @@ step and an evaluation, and how close to the hardware's peak is it?
 
 Times `Trainer.step()` (one G update + n_dis D updates) per head on synthetic uint8 data resident on the
 device: warm-up excluded, device synchronised, median over repeats. FLOPs per iteration are counted with
-torch.utils.flop_counter. `--baseline` also times a straightforward eager implementation of the same networks
+torch.utils.flop_counter, and the ATen ops an eager iteration dispatches (its kernel launches on a GPU, views
+aside) with OpCounter. `--baseline` also times a straightforward eager implementation of the same networks
 (host-side batches, per-step .item(), requires_grad toggling, non-foreach Adam, default memory format) in the
 same process.
 Config overrides use Hydra syntax, e.g. `model=sngan train.n_dis=5 train.precision=bf16`. Rows report the
