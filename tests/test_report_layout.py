@@ -19,12 +19,13 @@ HEADS = ("projection", "concat", "acgan")
 
 
 def write_run(root, name: str, head: str, seed: int, dataset: str, final: dict, dataset_cfg: dict | None = None,
-              images: bool = True) -> None:
+              images: bool = True, train_cfg: dict | None = None) -> None:
     """A completed run directory as the harness writes it (config, overrides, status, metrics, samples)."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     cfg = {"seed": seed, "head": {"name": head}, "dataset": {"name": dataset, "resolution": 16, **(dataset_cfg or {})},
-           "train": {"n_dis": 2, "batch_d": 64, "batch_g": 128, "lr": 0.002, "beta1": 0.0, "beta2": 0.9},
+           "train": {"n_dis": 2, "batch_d": 64, "batch_g": 128, "lr": 0.002, "beta1": 0.0, "beta2": 0.9,
+                     **(train_cfg or {})},
            "model": {"g_ch": 32, "d_ch": 32}}
     (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
     (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump([f"head={head}", f"seed={seed}",
@@ -67,7 +68,7 @@ def report(tmp_path_factory):
                   {**numbers, **protocol(feature_space="inception", n_real=540, n_real_requested=-1,
                                          classifier_test_accuracy=None, eval_ranks=2,
                                          intra_fid_protocol=INTRA_PER_CLASS)},
-                  {"path": "/data/mine", "val_fraction": 0.1})
+                  {"path": "/data/mine", "val_fraction": 0.1}, train_cfg={"joint_d_forward": True})
     return build_report(root / "sweep", root / "report", "layout").read_text()
 
 
@@ -118,6 +119,9 @@ def test_protocol_is_key_value_rows_with_one_column_per_dataset(report):
     assert held_out[0] == "the dataset's test split" and held_out[1].startswith("10% of each class")
     # the per-class intra-FID protocol and a sharded evaluation, where the runs recorded them (imagefolder here)
     assert card["intra-FID"] == ["", INTRA_PER_CLASS] and card["evaluation ranks (sharded)"] == ["", "2"]
+    # a training that is not the paper's D step says so (imagefolder's runs here: train.joint_d_forward=true)
+    assert card["D calls per D step"] == ["2 (real then fake: the paper's)",
+                                          "1 (real and fake together: train.joint_d_forward)"]
 
 
 def test_a_cut_sample_count_is_a_warning_under_the_protocol(report):

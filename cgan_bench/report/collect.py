@@ -66,6 +66,7 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
            "wall_s": status.get("wall_s"), "it_per_s": status.get("it_per_s"),
            "n_dis": train.get("n_dis"), "batch_d": train.get("batch_d"), "batch_g": train.get("batch_g"),
            "lr": train.get("lr"), "beta1": train.get("beta1"), "beta2": train.get("beta2"),
+           "joint_d_forward": bool(train.get("joint_d_forward", False)),  # one D call per D step: not the paper's
            # bf16 changes numbers; the metric `precision` is P/R. status.json holds the resolved choice (auto ->
            # fp32/bf16); runs from before it was recorded fall back to the configured value.
            "train_precision": status.get("train_precision") or train.get("precision", "fp32"),

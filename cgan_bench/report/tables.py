@@ -339,6 +339,7 @@ def protocol_card(done: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """What was measured and how, as key/value rows (readable at any width): one row per setting, one value
     column per column group (dataset, or dataset and protocol)."""
     columns = {}
+    joint = done.get("joint_d_forward", pd.Series(False, index=done.index)).fillna(False).astype(bool)
     for column, g in done.groupby("column"):
         first = g.iloc[0]
         columns[column] = {
@@ -360,6 +361,9 @@ def protocol_card(done: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
         intra = _unique(g.get("intra_fid_protocol", pd.Series(dtype=str)))
         if intra:  # runs from before the per-class mode did not record it: the pooled protocol, said elsewhere
             columns[column]["intra-FID"] = intra
+        if joint.any():  # shown where some run of the report left the paper's two D calls per D step
+            columns[column]["D calls per D step"] = _unique(joint[g.index].map(
+                {True: "1 (real and fake together: train.joint_d_forward)", False: "2 (real then fake: the paper's)"}))
         ranks = _unique_int(g["eval_ranks"]) if "eval_ranks" in g and g["eval_ranks"].notna().any() else None
         if ranks not in (None, "1"):
             columns[column]["evaluation ranks (sharded)"] = ranks
