@@ -275,7 +275,7 @@ def bench_metric_math(cfg, n_classes: int, dim: int = 2048, real_total: int = 50
         t0 = time.perf_counter()
         fn()
         row[f"{name}_s"] = time.perf_counter() - t0
-    row["final_eval_metric_math_s"] = sum(v for k, v in row.items() if k.endswith("_s") and k != "per_class_first_s")
+    row["final_eval_metric_math_s"] = sum(row[f"{name}_s"] for name in parts if name != "per_class_first")
     return row
 
 

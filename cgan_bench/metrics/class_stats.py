@@ -28,14 +28,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch_fidelity.metric_fid import fid_features_to_statistics
 from tqdm import tqdm
 
 from ..io import atomic_torch_save
 from .cache import cache_key, cache_root, load_or_build
 from .compute import class_row, evenly_spaced
 from .feature_space import FeatureSpace
-from .frechet import frechet_distance
+from .frechet import frechet_distance, statistics
 from .reference import extract_on
 
 log = logging.getLogger(__name__)
@@ -92,7 +91,7 @@ class ClassStats:
         if len(features) < 2:
             raise ValueError(f"class {c} of {self.data.name} {self.data.split} has {len(features)} images; intra-FID "
                              f"needs at least 2 per class")
-        stats = fid_features_to_statistics(features.double())
+        stats = statistics(features)
         subset = features[evenly_spaced(len(features), min(len(features), self.pairs_max))].clone()
         return {"mu": torch.from_numpy(stats["mu"]), "sigma": torch.from_numpy(stats["sigma"]),
                 "n": len(features), "real_subset": subset, "class": c}
@@ -128,8 +127,7 @@ def per_class_mode_row(c: int, gen_feats: torch.Tensor, gen_class_logits: torch.
                        pairs_max: int, coverage_k: int, collapse_threshold: float) -> dict:
     """One per_class.csv row in the per-class mode: intra-FID against the class's cached statistics (all its
     real images), diversity against the cached real subset."""
-    gen_stats = fid_features_to_statistics(gen_feats.double())
     real_stats = {"mu": stats["mu"].numpy(), "sigma": stats["sigma"].numpy()}  # real first: frechet.py's order
-    return class_row(c, frechet_distance(real_stats, gen_stats), gen_feats, stats["real_subset"],
+    return class_row(c, frechet_distance(real_stats, statistics(gen_feats)), gen_feats, stats["real_subset"],
                      (gen_class_logits.argmax(1) == c).float().mean().item(), int(stats["n"]),
                      pairs_max=pairs_max, coverage_k=coverage_k, collapse_threshold=collapse_threshold)
