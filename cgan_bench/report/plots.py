@@ -1,6 +1,7 @@
 """The report's figures (matplotlib, Agg): curves over training, per-class bars, sample grids, morphing.
 Each is written as NAME.png (linked from report.md) and NAME.pdf beside it (for a paper)."""
 import shutil
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -24,7 +25,9 @@ def _slug(text: str) -> str:
 
 def _save(fig, title: str, path: Path) -> Path:
     """`path` (PNG) and the same figure as PDF beside it; returns the PNG's path."""
-    fig.suptitle(title, fontsize=10)
+    # wrapped to the figure's width (~11 characters per inch at 10 pt): a long column name (a sweep's variant,
+    # e.g. `train.joint_d_forward=True`) would otherwise run off both edges
+    fig.suptitle(textwrap.fill(title, width=int(fig.get_figwidth() * 11)), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     fig.savefig(path.with_suffix(".pdf"), metadata=STABLE_METADATA["pdf"])
