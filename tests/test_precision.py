@@ -127,6 +127,22 @@ def test_cpu_detection_falls_back_to_proc_cpuinfo(monkeypatch, tmp_path, flag_li
     assert cpu_has_native_bf16() is False
 
 
+
+@pytest.mark.parametrize("variable", ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"])
+@pytest.mark.parametrize("isa, want", [("AVX512_CORE_VNNI", False), ("avx2", False), ("AVX512_CORE_BF16", True),
+                                       ("AVX512_CORE_AMX", True), ("ALL", True)])
+def test_onednn_isa_cap_below_bf16_means_no_native_bf16(monkeypatch, variable, isa, want):
+    """oneDNN capped below AVX512_CORE_BF16 emulates bf16 (~2x slower than fp32), so `auto` must pick fp32
+    even on a CPU whose flags have the instructions."""
+    monkeypatch.setattr(torch._C._cpu, "_get_cpu_capability", lambda: {"avx512_bf16": True, "amx_bf16": True},
+                        raising=False)
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        monkeypatch.delenv(name, raising=False)
+    assert cpu_has_native_bf16() is True
+    monkeypatch.setenv(variable, isa)
+    assert cpu_has_native_bf16() is want
+    assert resolve_precision("auto", torch.device("cpu")) == ("bf16" if want else "fp32")
+
 # ---- the fp32 math ----------------------------------------------------------------------------------------
 def test_fp32_math_sets_and_restores_the_flags_even_on_error():
     torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision = "tf32", "none"

@@ -8,6 +8,7 @@ Ampere and later, which the paper's fp32 did not have; `tf32` allows it explicit
 there is no TF32 and it resolves to fp32). The resolved choice is what status.json and the report record.
 """
 import contextlib
+import os
 from pathlib import Path
 
 import torch
@@ -15,8 +16,26 @@ import torch
 PRECISIONS = ("auto", "fp32", "bf16", "tf32")
 
 
+# oneDNN's instruction-set levels (ONEDNN_MAX_CPU_ISA) below AVX512_CORE_BF16: capped there, oneDNN runs bf16
+# convolutions and matmuls emulated in fp32 units, ~2x slower than fp32 (measured in BENCHMARKS.md).
+ONEDNN_ISAS_WITHOUT_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE",
+                                      "AVX512_CORE_VNNI"})
+
+
+def onednn_caps_out_bf16() -> bool:
+    """True if ONEDNN_MAX_CPU_ISA (or its old name DNNL_MAX_CPU_ISA) keeps oneDNN below native bf16, so bf16 is
+    not fast here even on a CPU that has the instructions (the variable also emulates an older CPU)."""
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        value = os.environ.get(name, "").strip().upper()
+        if value:
+            return value in ONEDNN_ISAS_WITHOUT_BF16
+    return False
+
+
 def cpu_has_native_bf16() -> bool:
-    """True if this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16)."""
+    """True if this CPU computes bf16 in hardware (AVX512-BF16 or AMX-BF16) and oneDNN may use it."""
+    if onednn_caps_out_bf16():
+        return False
     try:  # torch's own CPU feature detection (cpuinfo), where this build has it
         caps = torch._C._cpu._get_cpu_capability()
         return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
