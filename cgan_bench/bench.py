@@ -335,8 +335,9 @@ def cpu_description() -> dict:
                      if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
+    isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
     return {"model": model, "cores": cpu_cores(), "torch_threads": torch.get_num_threads(),
-            "native_bf16": cpu_has_native_bf16()}
+            "native_bf16": cpu_has_native_bf16(), **({"onednn_max_cpu_isa": isa_cap} if isa_cap else {})}
 
 
 def cpu_cores() -> int:
