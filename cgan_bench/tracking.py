@@ -18,7 +18,8 @@ EVAL_PHASES = ("curve", "final")
 # What an evaluation record says about the protocol (sample counts, splits, the feature space): settings, not
 # curves. They go to the run config under "protocol", never into charts.
 PROTOCOL_FIELDS = ("feature_space", "n_real", "n_fake", "n_generated", "real_split", "isc_splits",
-                   "kid_subset_size", "floor_n_a", "floor_n_b", "classifier_test_accuracy", "device", "software")
+                   "kid_subset_size", "floor_n_a", "floor_n_b", "floor_kid_subset_size", "classifier_test_accuracy",
+                   "device", "software")
 # Values of the real data, the same at every evaluation (the real-vs-real noise floor, the real mode counts):
 # kept in the run summary as yardsticks, not charted as flat lines.
 REFERENCE_PREFIXES = ("floor_", "real_")

@@ -77,6 +77,23 @@ def test_complete_cache_entries_are_read_without_the_lock(tmp_path, digits, monk
         load_or_compute_noise_floor(space, train, ref, len(train), 50, 1000, str(cache))
 
 
+def test_a_floor_cached_with_a_kid_subset_size_it_did_not_use_is_rebuilt(tmp_path, digits):
+    """Floors cached before the KID subset size could differ from the requested one were named by the
+    requested size; where the halves are smaller than it, such a file (all subsets one pair) is not reused."""
+    cache = tmp_path / "cache"
+    built = build_caches(cache, digits)  # 1437 digits for 100 + 1000: halves of 718/719, KID subsets of 359
+    assert built["floor"]["floor_kid_subset_size"] == 359 and built["floor_file"].name.endswith("-k359.json")
+    stale = built["floor_file"].with_name(built["floor_file"].name.replace("-k359.json", "-k1000.json"))
+    stale.write_text(json.dumps({**built["floor"], "floor_kid_mean": -11.59, "floor_kid_sem": 0.00026}))
+    built["floor_file"].unlink()
+    space, (train, _) = built["space"], digits
+    floor = load_or_compute_noise_floor(space, train, built["ref"], len(train), 100, 1000, str(cache))
+    assert floor == built["floor"] and built["floor_file"].exists()
+    # a floor file from before the key was recorded, at a size that never changed, is kept and completed
+    legacy = {k: v for k, v in built["floor"].items() if k != "floor_kid_subset_size"}
+    built["floor_file"].write_text(json.dumps(legacy))
+    assert load_or_compute_noise_floor(space, train, built["ref"], len(train), 100, 1000, str(cache)) == built["floor"]
+
 def test_corrupt_cache_entries_are_named_moved_aside_and_rebuilt(tmp_path, digits, caplog):
     cache = tmp_path / "cache"
     built = build_caches(cache, digits)

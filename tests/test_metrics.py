@@ -20,6 +20,37 @@ from cgan_bench.data import ImageData, load_dataset
 from cgan_bench.metrics import cache, classifier, compute, feature_space, reference
 from cgan_bench.metrics.feature_space import INCEPTION_FILE, FeatureSpace, WeightsMissingError
 
+
+def test_kid_resamples_where_the_subset_size_would_take_both_sets_whole():
+    """50 vs 50 with subset size 100: torch-fidelity's 100 subsets would all be the whole pair, so their
+    spread is float rounding (checked below); half the smaller set resamples and gives a real spread."""
+    rs = np.random.RandomState(4)
+    fake, real = gaussian(rs, 50, 8, mean=0.3), gaussian(rs, 50, 8)
+    whole_mean, whole_std = np_kid(fake, real, 50)
+    assert whole_std < 1e-9 * abs(whole_mean)  # the defect: one pair, no sampling noise
+    assert compute.effective_kid_subset_size(50, 50, 100) == 25
+    got_mean, got_std = compute.kid(torch.from_numpy(fake), torch.from_numpy(real), subset_size=100)
+    want_mean, want_std = np_kid(fake, real, 25)
+    assert got_mean == pytest.approx(want_mean, rel=1e-6) and got_std == pytest.approx(want_std, rel=1e-6)
+    assert got_std > 0.05 * abs(got_mean)
+    # where one set is larger, its subsets vary: the size stays the smaller set's (as before)
+    assert compute.effective_kid_subset_size(50, 300, 100) == 50 == compute.effective_kid_subset_size(300, 50, 100)
+    assert compute.effective_kid_subset_size(2000, 1437, 1000) == 1000  # the embedded default's: 1000 of 2000
+    assert compute.effective_kid_subset_size(719, 718, 1000) == 359  # the digits floor: 718 of 719 was one pair
+
+
+def test_noise_floor_kid_on_halved_data_resamples_and_records_its_subset_size():
+    rs = np.random.RandomState(5)
+    features = torch.from_numpy(gaussian(rs, 101, 8))
+    labels = torch.arange(101) % 2
+    floor = compute.noise_floor(features, labels, 2, n_real=1000, n_fake=1000, kid_subset_size=1000)
+    assert (floor["floor_n_a"], floor["floor_n_b"]) == (50, 51)  # not enough images: halves
+    assert floor["floor_kid_subset_size"] == 25
+    order = torch.randperm(101, generator=torch.Generator().manual_seed(2021))
+    want_mean, want_std = np_kid(features[order[50:]].numpy(), features[order[:50]].numpy(), 25)
+    assert floor["floor_kid_mean"] == pytest.approx(want_mean, rel=1e-6)
+    assert floor["floor_kid_sem"] == pytest.approx(want_std / 10, rel=1e-6) and floor["floor_kid_sem"] > 0
+
 # --------------------------------------------------------------------------------------------------------------
 # independent reference implementations (numpy / scipy only)
 # --------------------------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from cgan_bench.report.tables import holm
 
 SEEDS = [0, 1, 2, 3, 4]
 FLOOR = {"floor_fid": 7.5, "floor_intra_fid_mean": 50.25, "floor_kid_mean": -0.0004, "floor_kid_sem": 0.0002,
+         "floor_kid_subset_size": 1000,
          "floor_n_a": 5000, "floor_n_b": 5000}
 PROTOCOL = {"feature_space": "digit_channels", "n_fake": 5000, "n_real": 5000, "n_generated": 10000,
             "real_split": "train", "isc_splits": 10}
@@ -136,7 +137,7 @@ def test_kid_is_shown_times_1000_and_the_noise_floor_beside_it(report):
     floor = table(report, "Noise floor").iloc[0]
     assert floor["real vs real (images)"] == "5000 vs 5000"
     assert float(floor["FID"]) == pytest.approx(7.5)
-    assert floor["KID ×10³ ± s.e."] == "-0.40 ± 0.20"
+    assert floor["KID ×10³ ± s.e."] == "-0.40 ± 0.20" and floor["KID subset size"] == "1000"
     assert "## Published values" not in report  # no CIFAR/ImageNet numbers under a stacked-digits table
 
 

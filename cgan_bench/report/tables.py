@@ -187,7 +187,10 @@ def noise_floor_table(done: pd.DataFrame) -> pd.DataFrame:
         rows.append({"dataset": column, "real vs real (images)": f"{int(f['floor_n_b'])} vs {int(f['floor_n_a'])}",
                      "FID": fmt(f["floor_fid"], float("nan"), "fid"),
                      "intra-FID (class halves)": fmt(f["floor_intra_fid_mean"], float("nan"), "intra_fid_mean"),
-                     "KID ×10³ ± s.e.": fmt(f["floor_kid_mean"], f["floor_kid_sem"], "kid_mean")})
+                     "KID ×10³ ± s.e.": fmt(f["floor_kid_mean"], f["floor_kid_sem"], "kid_mean"),
+                     # runs from before the floor recorded it: unknown (their subsets may all have been one pair)
+                     "KID subset size": (f"{int(f['floor_kid_subset_size'])}" if
+                                         pd.notna(f.get("floor_kid_subset_size", float("nan"))) else "")})
     return pd.DataFrame(rows)
 
 
