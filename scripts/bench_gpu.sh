@@ -53,10 +53,12 @@ PY
         echo "   FAILED (see $name.err)"; failed=1
     fi
 }
-# the graph path's correctness on this GPU first (tests/test_cuda_graph.py; needs pytest: carry its wheel)
+# the graph path's correctness on this GPU first (tests/test_cuda_graph.py; the lent machines have pytest). Their
+# image's pytest plugins (xdist, benchmark, cov, ...) are not loaded: these tests need none, and none can break them
 if [ -z "${ROWS:-}" ] && python3 -c "import pytest" 2>/dev/null; then  # ROWS set: a rerun of some rows only
     echo "== pytest -m cuda"
-    python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda_graph.py 2>&1 | tail -n 30 | tee "$out/pytest_cuda.txt"
+    PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda_graph.py 2>&1 \
+        | tail -n 30 | tee "$out/pytest_cuda.txt"
     [ "${PIPESTATUS[0]}" -eq 0 ] || failed=1
 fi
 # the rows issue 10's acceptance reads first (single-run it/s, eval=paper time, packed aggregate), so that a time
