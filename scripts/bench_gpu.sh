@@ -3,6 +3,7 @@
 # and one bf16 row of the paper's ImageNet 128px model (model=sngan_128, 1000 classes).
 #   bash scripts/bench_gpu.sh [EXTRA OVERRIDES OR BENCH FLAGS...]   (JSON files land in $OUT, else ./bench_out)
 #   ROWS="sngan128_bf16 packing" bash scripts/bench_gpu.sh             (only those rows, no tests: a rerun after a cut)
+#   ROW_TIMEOUT=240 PACK_TIMEOUT=400: each row's limit in seconds (the packing rows' own), so one row cannot eat a call
 # On a machine that has PyTorch but not this project's other dependencies and no network (the lent GPU
 # machines), carry them as wheels in .whl/ (how: BENCHMARKS.md, "Filling the GPU rows").
 # Exit status 1 if any configuration failed (the others still run).
@@ -33,7 +34,10 @@ bench() {  # bench NAME ARGS...: one JSON file per configuration; a failure is r
     local name=$1; shift
     if [ -n "${ROWS:-}" ] && [[ " $ROWS " != *" $name "* ]]; then return 0; fi  # ROWS="a b": only those rows
     echo "== $name: $*"
-    if python3 -m cgan_bench.bench dataset=cifar10 "$@" --json >"$out/$name.json" 2>"$out/$name.err"; then
+    # each row under its own limit (ROW_TIMEOUT seconds, default 240), so that one slow compile or capture cannot
+    # use up a 10-minute device call that the rows after it need; a row cut this way is recorded as failed
+    if timeout --kill-after=10 "${ROW_TIMEOUT:-240}" python3 -m cgan_bench.bench dataset=cifar10 "$@" --json \
+            >"$out/$name.json" 2>"$out/$name.err"; then
         python3 - "$out/$name.json" <<'PY'
 import json, sys
 result = json.load(open(sys.argv[1]))
@@ -50,7 +54,9 @@ for row in result.get("packing", {}).get("rows", []):
                          else v for k, v in row.items() if k != "per_job"})
 PY
     else
-        echo "   FAILED (see $name.err)"; failed=1
+        status=$?
+        [ $status -eq 124 ] || [ $status -eq 137 ] && echo "cut at ROW_TIMEOUT=${ROW_TIMEOUT:-240} s" >>"$out/$name.err"
+        echo "   FAILED, exit status $status (see $name.err)"; failed=1
     fi
 }
 # the graph path's correctness on this GPU first (tests/test_cuda_graph.py; the lent machines have pytest). Their
@@ -61,18 +67,18 @@ if [ -z "${ROWS:-}" ] && python3 -c "import pytest" 2>/dev/null; then  # ROWS se
         | tail -n 30 | tee "$out/pytest_cuda.txt"
     [ "${PIPESTATUS[0]}" -eq 0 ] || failed=1
 fi
-# the rows issue 10's acceptance reads first (single-run it/s, eval=paper time, packed aggregate), so that a time
-# limit cuts the least useful rows; then the options one by one, the ImageNet model, the other heads
+# the rows the acceptance reads first (issue 10: single-run it/s, eval=paper time, packed aggregate; issue 13: the
+# 128px step), so that a time limit cuts the least useful rows; then the options one by one and the other heads
 bench bf16_cuda_graph --heads projection train.precision=bf16 train.cuda_graph=true "$@"
 bench bf16_cuda_graph_joint --heads projection train.precision=bf16 train.cuda_graph=true train.joint_d_forward=true "$@"
 bench bf16_compile_cuda_graph_joint --heads projection train.precision=bf16 train.compile=true train.cuda_graph=true train.joint_d_forward=true "$@"
 bench eval_paper --heads "" --eval --frechet --metric-math "$@"
-bench packing_cuda_graph --heads projection train.precision=bf16 train.cuda_graph=true --jobs 1,2,4,8 "$@"
+bench sngan128_bf16 --heads projection model=sngan_128 dataset.resolution=128 train=paper_imagenet train.precision=bf16 --n-classes 1000 "$@"
+ROW_TIMEOUT=${PACK_TIMEOUT:-400} bench packing_cuda_graph --heads projection train.precision=bf16 train.cuda_graph=true --jobs 1,2,4,8 "$@"
 bench bf16 --heads projection train.precision=bf16 "$@"
 bench bf16_joint --heads projection train.precision=bf16 train.joint_d_forward=true "$@"
 bench fp32 --heads projection train.precision=fp32 --baseline "$@"
 bench tf32 --heads projection train.precision=tf32 "$@"
-bench sngan128_bf16 --heads projection model=sngan_128 dataset.resolution=128 train=paper_imagenet train.precision=bf16 --n-classes 1000 "$@"
 # the paper's ImageNet intra-FID (eval=paper_imagenet: 5000 generated per class) on 10 of 1000 classes: its
 # per_class_pass_s_all_classes_one_device is the per-class pass of a final evaluation on one GPU
 bench sngan128_eval_per_class --heads "" model=sngan_128 dataset.resolution=128 train=paper_imagenet eval=paper_imagenet eval.intra_fid_classes=10 --n-classes 1000 --eval "$@"
@@ -82,5 +88,5 @@ bench fp32_compile --heads projection train.precision=fp32 train.compile=true "$
 bench fp32_contiguous --heads projection train.precision=fp32 train.channels_last=false "$@"
 bench bf16_heads --heads concat,acgan train.precision=bf16 "$@"
 # several jobs of a sweep sharing this one GPU, eager (bf16: what train.precision=auto picks on an H100)
-bench packing --heads projection train.precision=bf16 --jobs 1,2,4,8 "$@"
+ROW_TIMEOUT=${PACK_TIMEOUT:-400} bench packing --heads projection train.precision=bf16 --jobs 1,2,4,8 "$@"
 exit $failed
