@@ -138,3 +138,36 @@ def test_metric_math_timing_covers_every_part_at_the_protocol_sizes():
     parts = ["inception_score_s", "fid_s", "kid_s", "precision_recall_s", "density_coverage_s", "per_class_cached_s"]
     assert all(row[k] > 0 for k in parts + ["per_class_first_s"])
     assert row["final_eval_metric_math_s"] == pytest.approx(sum(row[k] for k in parts))
+
+
+@pytest.mark.slow
+def test_gpu_script_writes_each_rows_json_and_records_refused_and_cut_rows(tmp_path):
+    """scripts/bench_gpu.sh, the one command a lent GPU runs, exercised on the CPU with a tiny model: a row's JSON
+    is written and parses, a row the CPU refuses (CUDA graphs) is recorded as failed without stopping the rest,
+    rows not named in ROWS do not run, and a row over ROW_TIMEOUT is cut and says so."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "bench_gpu.sh"
+    tiny = ["model.g_ch=8", "model.d_ch=8", "train.n_dis=1", "train.batch_d=4", "train.batch_g=4",
+            "dataset.resolution=32", "--warmup", "1", "--repeats", "1"]
+
+    def run(out, rows, row_timeout):
+        env = {**os.environ, "OUT": str(out), "ROWS": rows, "ROW_TIMEOUT": str(row_timeout),
+               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        return subprocess.run(["bash", str(script), *tiny], env=env, capture_output=True, text=True, timeout=600)
+
+    done = run(tmp_path / "a", "bf16_cuda_graph bf16_joint", 300)
+    assert done.returncode == 1, done.stdout + done.stderr  # the graph row failed, so the script says so
+    row = json.loads((tmp_path / "a" / "bf16_joint.json").read_text())["train"][0]
+    assert (row["precision"], row["joint_d_forward"], row["cuda_graph"]) == ("bf16", True, False)
+    assert row["it_per_s"] > 0
+    assert "needs a CUDA device" in (tmp_path / "a" / "bf16_cuda_graph.err").read_text()
+    assert "FAILED" in done.stdout and "bf16_joint" in done.stdout
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.json")) == ["bf16_cuda_graph.json", "bf16_joint.json"]
+
+    cut = run(tmp_path / "b", "fp32", 1)
+    assert cut.returncode == 1 and "exit status 124" in cut.stdout
+    assert "cut at ROW_TIMEOUT=1 s" in (tmp_path / "b" / "fp32.err").read_text()
