@@ -94,6 +94,47 @@ def count_step_work(trainer: Trainer) -> tuple[int, int]:
         trainer.G_fast, trainer.D_fast, trainer.D_sync, trainer.graphed_step = fast
 
 
+def profile_step(step, device: torch.device, iterations: int = 3, top: int = 25) -> dict:
+    """Where one step's time goes, from torch.profiler over `iterations` steps of the path being timed (graphed,
+    compiled or eager): per iteration, the wall time, the device kernels run and their summed time (on a CUDA
+    device: GPU busy time, against the wall time a launch-bound step shows), the host's kernel-launch calls, and
+    the `top` operators or kernels by self device time (self CPU time on a CPU). What issue 10 item 2 asks the
+    cheaper kernels to be chosen from."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    synchronize(device)
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for _ in range(iterations):
+            step()
+        synchronize(device)
+        wall = (time.perf_counter() - t0) / iterations
+    events = prof.events()
+    kernels = [e for e in events if e.device_type == DeviceType.CUDA]
+    launch_calls = sum(1 for e in events if e.device_type == DeviceType.CPU
+                       and e.name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx",
+                                      "cudaGraphLaunch"))
+
+    def self_time(e) -> float:  # microseconds; torch renamed self_cuda_time_total to self_device_time_total
+        if cuda:
+            return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)))
+        return float(e.self_cpu_time_total)
+
+    table = sorted(prof.key_averages(), key=self_time, reverse=True)
+    total = sum(self_time(e) for e in table) or 1.0
+    return {"iterations": iterations, "wall_ms_per_it": 1e3 * wall,
+            "time_ranked_by": "self device (CUDA kernel) time" if cuda else "self CPU time",
+            "device_kernels_per_it": len(kernels) / iterations if cuda else None,
+            "device_busy_ms_per_it": sum(e.time_range.elapsed_us() for e in kernels) / 1e3 / iterations if cuda else None,
+            "launch_calls_per_it": launch_calls / iterations if cuda else None,
+            "top": [{"name": e.key, "calls_per_it": e.count / iterations,
+                     "self_ms_per_it": self_time(e) / 1e3 / iterations, "share": self_time(e) / total}
+                    for e in table[:top] if self_time(e) > 0]}
+
+
 def synthetic_data(n_classes: int, resolution: int, device, n: int = 4096) -> ImageData:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, resolution, resolution), dtype=torch.uint8, generator=g)
@@ -172,6 +213,12 @@ def bench_head(cfg, device, args, run_dir) -> dict:
     # train.cuda_graph: its eager warm-up iterations and the capture come before the timed replays
     warmup = args.warmup + (WARMUP + 1 if trainer.graphed_step is not None else 0)
     sec = time_call(trainer.step, device, warmup, args.repeats)
+    profile = None
+    if args.profile:  # after the timing, and never at its cost: a profiler failure is recorded, not raised
+        try:
+            profile = profile_step(trainer.step, device)
+        except Exception as err:  # noqa: BLE001 (e.g. CUPTI unavailable on a machine)
+            profile = {"error": f"{type(err).__name__}: {err}"}
     row = {"head": head, "precision": trainer.precision, "precision_config": t.precision, "compile": bool(t.compile),
            "compile_mode": str(t.compile_mode), "cuda_graph": trainer.graphed_step is not None,
            "channels_last": bool(t.channels_last), "joint_d_forward": trainer.joint_d_forward,
@@ -179,6 +226,8 @@ def bench_head(cfg, device, args, run_dir) -> dict:
            "tflop_per_s": flops / sec / 1e12, "first_it_s": first_s}
     peak = peak_tflops(device, trainer.precision)
     row["peak_fraction"] = None if peak is None else row["tflop_per_s"] / peak
+    if profile is not None:
+        row["profile"] = profile
     if args.baseline:
         base = BaselineStep(trainer)
         base_sec = time_call(base, device, args.warmup, args.repeats)
@@ -500,6 +549,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric-math", action="store_true",
                         help="also time each part of a final evaluation's metric math on the CPU (IS, FID, KID, "
                              "precision/recall, density/coverage, per-class) at the eval protocol's sizes")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile 3 timed steps of each head (torch.profiler): kernels and GPU busy time per "
+                             "iteration, launch calls, the top operators by self device time (JSON key \"profile\")")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument("--jobs", default=None,
                         help="comma-separated job counts, e.g. 1,2,4,8: also run N concurrent training processes of "
@@ -551,6 +603,17 @@ def main(argv: list[str] | None = None) -> int:
                                              "joint_d_forward", "aten_ops_per_it", "ms_per_it",
                                              "it_per_s", "gflop_per_it", "tflop_per_s", "peak_fraction", "first_it_s",
                                              "baseline_ms_per_it", "speedup_vs_baseline"]))
+        for row in result["train"]:
+            if "profile" in row and "error" in row["profile"]:
+                print(f"\nprofile, head {row['head']}: failed ({row['profile']['error']})")
+            elif "profile" in row:
+                prof = row["profile"]
+                print(f"\nprofile, head {row['head']}: {prof['wall_ms_per_it']:.1f} ms/it wall"
+                      + (f", {prof['device_kernels_per_it']:.0f} kernels and {prof['device_busy_ms_per_it']:.1f} ms "
+                         f"GPU busy per it, {prof['launch_calls_per_it']:.0f} launch calls per it"
+                         if prof["device_kernels_per_it"] is not None else "")
+                      + f"; top by {prof['time_ranked_by']}:")
+                print(format_table(prof["top"], ["name", "calls_per_it", "self_ms_per_it", "share"]))
         if "eval" in result:
             print()
             print(format_table([result["eval"]], list(result["eval"])))

@@ -42,7 +42,14 @@ bench() {  # bench NAME ARGS...: one JSON file per configuration; a failure is r
 import json, sys
 result = json.load(open(sys.argv[1]))
 for row in result["train"]:
-    print("  ", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+    print("  ", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items() if k != "profile"})
+    if "error" in row.get("profile", {}):
+        print("   profile failed:", row["profile"]["error"])
+    elif "profile" in row:
+        p = row["profile"]
+        print(f"   profile: {p['wall_ms_per_it']:.1f} ms/it wall, {p['device_kernels_per_it']} kernels, "
+              f"{p['device_busy_ms_per_it']} ms busy, {p['launch_calls_per_it']} launch calls per it; top:",
+              ", ".join(f"{t['name'][:40]} {100 * t['share']:.0f}%" for t in p["top"][:6]))
 if "eval" in result:
     print("   eval", {k: round(v, 2) if isinstance(v, float) else v for k, v in result["eval"].items()})
 if "metric_math" in result:
@@ -70,12 +77,12 @@ fi
 # the rows the acceptance reads first (issue 10: single-run it/s, eval=paper time, packed aggregate; issue 13: the
 # 128px step), so that a time limit cuts the least useful rows; then the options one by one and the other heads
 bench bf16_cuda_graph --heads projection train.precision=bf16 train.cuda_graph=true "$@"
-bench bf16_cuda_graph_joint --heads projection train.precision=bf16 train.cuda_graph=true train.joint_d_forward=true "$@"
-bench bf16_compile_cuda_graph_joint --heads projection train.precision=bf16 train.compile=true train.cuda_graph=true train.joint_d_forward=true "$@"
+bench bf16_cuda_graph_joint --profile --heads projection train.precision=bf16 train.cuda_graph=true train.joint_d_forward=true "$@"
+bench bf16_compile_cuda_graph_joint --profile --heads projection train.precision=bf16 train.compile=true train.cuda_graph=true train.joint_d_forward=true "$@"
 bench eval_paper --heads "" --eval --frechet --metric-math "$@"
 bench sngan128_bf16 --heads projection model=sngan_128 dataset.resolution=128 train=paper_imagenet train.precision=bf16 --n-classes 1000 "$@"
 ROW_TIMEOUT=${PACK_TIMEOUT:-400} bench packing_cuda_graph --heads projection train.precision=bf16 train.cuda_graph=true --jobs 1,2,4,8 "$@"
-bench bf16 --heads projection train.precision=bf16 "$@"
+bench bf16 --profile --heads projection train.precision=bf16 "$@"
 bench bf16_joint --heads projection train.precision=bf16 train.joint_d_forward=true "$@"
 bench fp32 --heads projection train.precision=fp32 --baseline "$@"
 bench tf32 --heads projection train.precision=tf32 "$@"

@@ -171,3 +171,76 @@ def test_gpu_script_writes_each_rows_json_and_records_refused_and_cut_rows(tmp_p
     cut = run(tmp_path / "b", "fp32", 1)
     assert cut.returncode == 1 and "exit status 124" in cut.stdout
     assert "cut at ROW_TIMEOUT=1 s" in (tmp_path / "b" / "fp32.err").read_text()
+
+
+def test_profile_ranks_a_cpu_steps_operators_by_self_time(capsys):
+    out = run_bench(capsys, "--profile", "--heads", "projection")  # run_bench's --heads comes first; this one wins
+    assert [r["head"] for r in out["train"]] == ["projection"]
+    prof = out["train"][0]["profile"]
+    assert prof["iterations"] == 3 and prof["wall_ms_per_it"] > 0 and prof["time_ranked_by"] == "self CPU time"
+    assert prof["device_kernels_per_it"] is None and prof["device_busy_ms_per_it"] is None  # no GPU counters here
+    times = [t["self_ms_per_it"] for t in prof["top"]]
+    assert times == sorted(times, reverse=True) and 0 < sum(t["share"] for t in prof["top"]) <= 1 + 1e-9
+    assert any("convolution" in t["name"] for t in prof["top"][:5])  # a conv net's step is led by its convolutions
+    assert all(t["calls_per_it"] > 0 for t in prof["top"])
+
+
+def test_profile_counts_kernels_busy_time_and_launches_per_iteration_on_cuda(monkeypatch):
+    """The CUDA arithmetic, fed a profiler's events by hand (no GPU here): 2 iterations, each 3 kernels of
+    10/20/30 us launched by 3 cudaLaunchKernel calls -> 3 kernels, 0.06 ms busy and 3 launches per iteration."""
+    from torch.autograd import DeviceType
+    from torch.autograd.profiler_util import FunctionEvent
+
+    import cgan_bench.bench as bench
+
+    events = []
+    for it in range(2):
+        for k, us in enumerate((10, 20, 30)):
+            start = 1000 * it + 100 * k
+            events.append(FunctionEvent(id=len(events), name="cudaLaunchKernel", thread=0, start_us=start,
+                                        end_us=start + 2))
+            events.append(FunctionEvent(id=len(events), name=f"kernel_{us}", thread=0, start_us=start + 5,
+                                        end_us=start + 5 + us, device_type=DeviceType.CUDA))
+
+    class Avg:
+        def __init__(self, key, count, self_device_time_total):
+            self.key, self.count, self.self_device_time_total = key, count, self_device_time_total
+
+    class FakeProfile:
+        def __init__(self, activities):
+            assert torch.profiler.ProfilerActivity.CUDA in activities
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def events(self):
+            return events
+
+        def key_averages(self):
+            return [Avg("kernel_10", 2, 20.0), Avg("kernel_30", 2, 60.0), Avg("kernel_20", 2, 40.0),
+                    Avg("cudaLaunchKernel", 6, 0.0)]
+
+    import torch
+    monkeypatch.setattr(torch.profiler, "profile", FakeProfile)
+    monkeypatch.setattr(bench, "synchronize", lambda device: None)
+    prof = bench.profile_step(lambda: None, torch.device("cuda"), iterations=2)
+    assert prof["device_kernels_per_it"] == 3 and prof["launch_calls_per_it"] == 3
+    assert prof["device_busy_ms_per_it"] == pytest.approx(0.06)
+    assert [t["name"] for t in prof["top"]] == ["kernel_30", "kernel_20", "kernel_10"]  # zero-time rows left out
+    assert prof["top"][0]["self_ms_per_it"] == pytest.approx(0.03) and prof["top"][0]["share"] == pytest.approx(0.5)
+    assert prof["top"][0]["calls_per_it"] == 1
+
+
+def test_a_profiler_failure_is_recorded_and_keeps_the_timing(capsys, monkeypatch):
+    import torch
+
+    class Unavailable:
+        def __init__(self, *a, **k):
+            raise RuntimeError("CUPTI unavailable")
+
+    monkeypatch.setattr(torch.profiler, "profile", Unavailable)
+    row = run_bench(capsys, "--profile", "--heads", "projection")["train"][0]
+    assert row["profile"] == {"error": "RuntimeError: CUPTI unavailable"} and row["it_per_s"] > 0
