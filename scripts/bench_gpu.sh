@@ -67,10 +67,11 @@ PY
     fi
 }
 # the graph path's correctness on this GPU first (tests/test_cuda_graph.py; the lent machines have pytest). Their
-# image's pytest plugins (xdist, benchmark, cov, ...) are not loaded: these tests need none, and none can break them
+# image's pytest plugins (xdist, benchmark, cov, ...) are not loaded: these tests need none, and none can break them.
+# cuBLAS's fixed workspace makes its results reproducible across streams (the capture's side stream vs replays)
 if [ -z "${ROWS:-}" ] && python3 -c "import pytest" 2>/dev/null; then  # ROWS set: a rerun of some rows only
     echo "== pytest -m cuda"
-    PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda_graph.py 2>&1 \
+    CUBLAS_WORKSPACE_CONFIG=:4096:8 PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 python3 -m pytest -q -m cuda -p no:cacheprovider tests/test_cuda_graph.py 2>&1 \
         | tail -n 30 | tee "$out/pytest_cuda.txt"
     [ "${PIPESTATUS[0]}" -eq 0 ] || failed=1
 fi

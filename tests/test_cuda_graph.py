@@ -98,6 +98,33 @@ def test_checkpoints_hold_plain_floats_whichever_path_wrote_them():
     assert float(fresh.param_groups[0]["lr"]) == pytest.approx(1.8e-4)
 
 
+def test_a_graphed_step_does_not_keep_its_trainer_alive():
+    """GraphedStep holds the trainer's bound update weakly: no reference cycle, so a finished trainer's models,
+    optimizer state and graph memory go as soon as the last reference does, not at the next cycle collection."""
+    import gc
+    import weakref
+
+    from cgan_bench.train.cuda_graph import GraphedStep
+
+    class Owner:
+        def __init__(self):
+            self.step = GraphedStep(self.update, torch.device("cpu"))
+
+        def update(self):
+            return {"loss": torch.ones(1)}
+
+    owner = Owner()
+    assert owner.step.update()["loss"].item() == 1.0  # the weak reference calls through while the owner lives
+    alive = weakref.ref(owner)
+    gc.disable()
+    try:
+        del owner
+        assert alive() is None
+    finally:
+        gc.enable()
+    assert GraphedStep(lambda: 5, torch.device("cpu")).update() == 5  # a plain function is held as it is
+
+
 # ---- on a CUDA device ------------------------------------------------------------------------------
 CUDA_RUN = [*SMOKE, "device=cuda", "train.cuda_graph=true"]
 
@@ -106,15 +133,24 @@ CUDA_RUN = [*SMOKE, "device=cuda", "train.cuda_graph=true"]
 @pytest.mark.cuda
 def test_graph_trains_the_same_model_as_the_eager_step(tmp_path):
     """WARMUP eager iterations, the capture (replayed once), then replays: the same losses and D weights as
-    eager steps from the same seed, up to rounding."""
+    eager steps from the same seed, up to rounding. cuDNN's deterministic algorithms (no atomics in weight
+    gradients), so that a difference means the graph path. Besides fp32 with both D-step forms: bf16 autocast
+    inside the capture (what train.precision=auto runs on an H100, so what the timing rows run) and AC-GAN's
+    cross-entropy path."""
     from test_fast_path import assert_same_training, trained_state
     n = WARMUP + 4
-    for joint in ("false", "true"):  # the paper's two D calls per D step, and train.joint_d_forward's one
-        eager = trained_state(tmp_path / f"joint_{joint}", "train.cuda_graph=false", "train.precision=fp32",
-                              f"train.joint_d_forward={joint}", iterations=n, device="cuda")
-        graphed = trained_state(tmp_path / f"joint_{joint}", "train.cuda_graph=true", "train.precision=fp32",
-                                f"train.joint_d_forward={joint}", iterations=n, device="cuda")
-        assert_same_training(eager, graphed, tol=1e-4)
+    variants = {"fp32": (["train.precision=fp32", "train.joint_d_forward=false"], 1e-4),
+                "fp32_joint": (["train.precision=fp32", "train.joint_d_forward=true"], 1e-4),
+                "bf16_joint": (["train.precision=bf16", "train.joint_d_forward=true"], 1e-2),
+                "fp32_acgan": (["train.precision=fp32", "head=acgan"], 1e-4)}
+    torch.backends.cudnn.deterministic = True
+    try:
+        for name, (overrides, tol) in variants.items():
+            eager = trained_state(tmp_path / name, "train.cuda_graph=false", *overrides, iterations=n, device="cuda")
+            graphed = trained_state(tmp_path / name, "train.cuda_graph=true", *overrides, iterations=n, device="cuda")
+            assert_same_training(eager, graphed, tol=tol)
+    finally:
+        torch.backends.cudnn.deterministic = False
 
 
 @needs_cuda

@@ -28,6 +28,8 @@ graphs), several processes (DDP's gradient hooks), a dataset streamed from disk 
 worker processes), torch.compile's own CUDA graphs (compile_mode=reduce-overhead or max-autotune, whose
 inductor graphs would nest inside the capture).
 """
+import inspect
+import weakref
 from typing import Callable
 
 import torch
@@ -40,7 +42,12 @@ class GraphedStep:
     WARMUP iterations, then captures it once and replays the capture on every later call."""
 
     def __init__(self, update: Callable[[], dict], device: torch.device, warmup: int = WARMUP):
-        self.update, self.device, self.warmup = update, torch.device(device), warmup
+        self.device, self.warmup = torch.device(device), warmup
+        if inspect.ismethod(update):  # held weakly: a Trainer and its GraphedStep must not form a reference cycle,
+            method = weakref.WeakMethod(update)  # which would keep the models, Adam state and the graph's memory
+            self.update = lambda: method()()     # pool alive until Python's cycle collector runs (a sweep's next job
+        else:                                    # in the same worker process would start with that memory taken)
+            self.update = update
         self.graph, self.outputs, self.eager_iterations, self._stream = None, None, 0, None
 
     @property

@@ -46,7 +46,8 @@ RESUME_FREE_KEYS = {"resume", "device", "wandb", "sweep_name", "report", "report
                     "eval.cache_dir", "eval.inception_weights", "dataset.root", "dataset.download",
                     "dataset.skip_bad_files",  # skipping only ever drops files that a run without it refuses
                     "train.gpu_recipe",  # a label for the device check (app.refuse_cpu_fallback), not the numbers
-                    "train.cuda_graph",  # the same random numbers and updates as eager steps (train/cuda_graph.py)
+                    "train.cuda_graph",  # the same random numbers and updates as eager steps, up to rounding
+                                         # (train/cuda_graph.py; Adam reads its lr from a float32 tensor there)
                     "eval.best_metric",  # which generator best.pt keeps, not how training runs (see restore_best)
                     "figures"}  # which classes the end-of-run figures show
 
