@@ -125,6 +125,32 @@ def test_a_graphed_step_does_not_keep_its_trainer_alive():
     assert GraphedStep(lambda: 5, torch.device("cpu")).update() == 5  # a plain function is held as it is
 
 
+
+def test_the_last_warm_up_warns_at_host_syncs_and_restores_the_mode(monkeypatch):
+    """The mechanics, with torch.cuda's stream and debug-mode calls stood in for (no GPU here): only the
+    iteration just before the capture runs under sync_debug_mode "warn", and the previous mode comes back."""
+    import contextlib
+
+    from cgan_bench.train.cuda_graph import GraphedStep
+
+    class FakeStream:
+        def wait_stream(self, other):
+            pass
+
+    mode = {"now": 0}
+    monkeypatch.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "Stream", lambda device: FakeStream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device: FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda stream: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: mode["now"])
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda m: mode.update(now=m))
+    seen = []
+    step = GraphedStep(lambda: seen.append(mode["now"]) or {}, torch.device("cuda:0"), warmup=3)
+    for _ in range(3):
+        step()
+    assert seen == [0, 0, "warn"] and mode["now"] == 0 and step.eager_iterations == 3
+
+
 # ---- on a CUDA device ------------------------------------------------------------------------------
 CUDA_RUN = [*SMOKE, "device=cuda", "train.cuda_graph=true"]
 

@@ -75,8 +75,18 @@ class GraphedStep:
         stream's work (the LR schedule's fills of the lr tensors run there)."""
         side, main = self._stream, torch.cuda.current_stream(self.device)
         side.wait_stream(main)
+        # the last warm-up warns at any host sync (.item(), a D2H copy, nonzero...), naming the op: inside the
+        # capture that follows, the same sync would fail with an opaque "operation not permitted when capturing"
+        last = self.eager_iterations == self.warmup - 1
+        debug_mode = torch.cuda.get_sync_debug_mode()
         with torch.cuda.stream(side):
-            outputs = self.update()
+            if last:
+                torch.cuda.set_sync_debug_mode("warn")
+            try:
+                outputs = self.update()
+            finally:
+                if last:
+                    torch.cuda.set_sync_debug_mode(debug_mode)
         main.wait_stream(side)
         self.eager_iterations += 1
         return outputs
