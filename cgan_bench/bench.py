@@ -413,7 +413,10 @@ def packing_worker(rank: int, n_jobs: int, overrides: list[str], device_str: str
             torch.cuda.reset_peak_memory_stats(device)
         data = synthetic_data(n_classes, cfg.dataset.resolution, device)
         trainer = Trainer(cfg, data, RunDir(run_dir), device)
-        for _ in range(1 + warmup):  # the first step pays for compilation / cuDNN autotuning
+        # the first step pays for compilation / cuDNN autotuning; train.cuda_graph's eager warm-up iterations and
+        # its capture also come before the barrier, whatever --warmup says (as in bench_head)
+        graph_steps = WARMUP + 1 if trainer.graphed_step is not None else 0
+        for _ in range(1 + max(warmup, graph_steps)):
             trainer.step()
         synchronize(device)
         barrier.wait()
