@@ -146,3 +146,11 @@ def test_curves_and_finals_are_kept_apart(report, tmp_path_factory):
     curves = pd.read_csv(out / "curves.csv")
     assert set(curves["phase"]) == {"curve", "final"}
     assert (out / "curves_stacked_digits.png").exists()
+
+
+def test_the_floor_shows_its_kid_subset_size_only_where_runs_recorded_it():
+    from cgan_bench.report.tables import noise_floor_table
+    old = pd.DataFrame([{"column": "digits", **{k: v for k, v in FLOOR.items() if k != "floor_kid_subset_size"}}])
+    assert "KID subset size" not in noise_floor_table(old)  # runs from before it was recorded: no empty column
+    new = pd.DataFrame([{"column": "digits", **FLOOR, "floor_kid_subset_size": 359}])
+    assert noise_floor_table(new).iloc[0]["KID subset size"] == "359"

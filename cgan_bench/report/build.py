@@ -76,7 +76,8 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
         lines += ["## Noise floor (real vs real)", "",
                   "The same metrics between two disjoint random halves of the real split (`real split` above), "
                   "sized like the protocol where the data allows (else halves): differences between heads smaller "
-                  "than these are not evidence. KID's ± is the standard error of its 100 overlapping subsets.", "",
+                  "than these are not evidence. KID's ± is the standard error of its 100 overlapping subsets"
+                  + (", each of the size in the last column." if "KID subset size" in floor else "."), "",
                   _md(floor)]
     lines += ["## Main table (the paper's layout)", "", _md(tables.metric_table(done, tables.PAPER_METRICS), index=True)]
     if "head" in done and (done["head"] == "concat").any():
@@ -91,7 +92,8 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
                   "real held-out images, as many per class as generated: the ceiling.", "", _md(modes, index=True)]
     lines += ["## Intra-class and distribution metrics", "",
               "intra-FID: FID between generated and real images of one class, averaged over classes (the paper's "
-              "metric). KID ×10³: torch-fidelity's unbiased KID on subsets of min(1000, n). Density and coverage: "
+              "metric). KID ×10³: torch-fidelity's unbiased KID on subsets of min(1000, n) images (half the "
+              "smaller set where that would draw more than half of both sets). Density and coverage: "
               "Naeem et al. (2020), k = 5, on the whole sets; within-class coverage: the same coverage inside each "
               "class (on up to `eval.diversity_pairs_max` images per side), averaged. Diversity ratio: mean pairwise "
               "feature distance of generated / real images of a class (1 = as diverse as the data). Near-duplicate "

@@ -191,7 +191,8 @@ def noise_floor_table(done: pd.DataFrame) -> pd.DataFrame:
                      # runs from before the floor recorded it: unknown (their subsets may all have been one pair)
                      "KID subset size": (f"{int(f['floor_kid_subset_size'])}" if
                                          pd.notna(f.get("floor_kid_subset_size", float("nan"))) else "")})
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table if (table["KID subset size"] != "").any() else table.drop(columns="KID subset size")
 
 
 BEST_METRICS = ["fid", "is_mean", "intra_fid_mean"]  # final and best checkpoint side by side
