@@ -118,10 +118,8 @@ def profile_step(step, device: torch.device, iterations: int = 3, top: int = 25)
                        and e.name in ("cudaLaunchKernel", "cuLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernelEx",
                                       "cudaGraphLaunch"))
 
-    def self_time(e) -> float:  # microseconds; torch renamed self_cuda_time_total to self_device_time_total
-        if cuda:
-            return float(getattr(e, "self_device_time_total", getattr(e, "self_cuda_time_total", 0.0)))
-        return float(e.self_cpu_time_total)
+    def self_time(e) -> float:  # microseconds
+        return float(e.self_device_time_total if cuda else e.self_cpu_time_total)
 
     table = sorted(prof.key_averages(), key=self_time, reverse=True)
     total = sum(self_time(e) for e in table) or 1.0
@@ -377,14 +375,14 @@ def cpu_description() -> dict:
     import platform
     from pathlib import Path
 
-    from .train.precision import cpu_has_native_bf16
+    from .train.precision import cpu_has_native_bf16, onednn_isa_cap
     model = platform.processor() or platform.machine()
     try:
         model = next(line.partition(":")[2].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                      if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    isa_cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    isa_cap = onednn_isa_cap()
     return {"model": model, "cores": cpu_cores(), "torch_threads": torch.get_num_threads(),
             "native_bf16": cpu_has_native_bf16(), **({"onednn_max_cpu_isa": isa_cap} if isa_cap else {})}
 

@@ -28,6 +28,7 @@ graphs), several processes (DDP's gradient hooks), a dataset streamed from disk 
 worker processes), torch.compile's own CUDA graphs (compile_mode=reduce-overhead or max-autotune, whose
 inductor graphs would nest inside the capture).
 """
+import contextlib
 import inspect
 import weakref
 from typing import Callable
@@ -35,6 +36,19 @@ from typing import Callable
 import torch
 
 WARMUP = 3  # eager iterations before the capture (PyTorch's examples use 3; DDP would need 11)
+
+
+@contextlib.contextmanager
+def host_syncs_warned():
+    """CUDA's sync debug mode "warn" inside the block, the previous mode after: the last warm-up names any host
+    sync (.item(), a D2H copy, nonzero...) by its op; inside the capture that follows, the same sync would fail
+    with an opaque "operation not permitted when stream is capturing"."""
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
 
 
 class GraphedStep:
@@ -75,18 +89,9 @@ class GraphedStep:
         stream's work (the LR schedule's fills of the lr tensors run there)."""
         side, main = self._stream, torch.cuda.current_stream(self.device)
         side.wait_stream(main)
-        # the last warm-up warns at any host sync (.item(), a D2H copy, nonzero...), naming the op: inside the
-        # capture that follows, the same sync would fail with an opaque "operation not permitted when capturing"
         last = self.eager_iterations == self.warmup - 1
-        debug_mode = torch.cuda.get_sync_debug_mode()
-        with torch.cuda.stream(side):
-            if last:
-                torch.cuda.set_sync_debug_mode("warn")
-            try:
-                outputs = self.update()
-            finally:
-                if last:
-                    torch.cuda.set_sync_debug_mode(debug_mode)
+        with torch.cuda.stream(side), (host_syncs_warned() if last else contextlib.nullcontext()):
+            outputs = self.update()
         main.wait_stream(side)
         self.eager_iterations += 1
         return outputs

@@ -22,14 +22,19 @@ ONEDNN_ISAS_WITHOUT_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2
                                       "AVX512_CORE_VNNI"})
 
 
-def onednn_caps_out_bf16() -> bool:
-    """True if ONEDNN_MAX_CPU_ISA (or its old name DNNL_MAX_CPU_ISA) keeps oneDNN below native bf16, so bf16 is
-    not fast here even on a CPU that has the instructions (the variable also emulates an older CPU)."""
+def onednn_isa_cap() -> str | None:
+    """ONEDNN_MAX_CPU_ISA (or its old name DNNL_MAX_CPU_ISA), upper-cased, where set: the instruction set oneDNN
+    may use at most (the variable also emulates an older CPU)."""
     for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
         value = os.environ.get(name, "").strip().upper()
         if value:
-            return value in ONEDNN_ISAS_WITHOUT_BF16
-    return False
+            return value
+    return None
+
+
+def onednn_caps_out_bf16() -> bool:
+    """True if oneDNN is capped below native bf16, so bf16 is not fast here even on a CPU with the instructions."""
+    return onednn_isa_cap() in ONEDNN_ISAS_WITHOUT_BF16
 
 
 def cpu_has_native_bf16() -> bool:
