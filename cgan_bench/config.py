@@ -139,6 +139,9 @@ def _check_finetune(f: DictConfig, feature_space: str) -> None:
     _check(f.classifier != "domain" or feature_space != "inception", "finetune.classifier", f.classifier,
            "the Inception space takes uint8 images (no gradient reaches G): use independent or a PATH")
     _check(f.lr is None or (_is_num(f.lr) and f.lr > 0), "finetune.lr", f.lr, "null (= train.lr) or a number > 0")
+    _check(f.get("curve_points") is None or (_is_int(f.curve_points) and f.curve_points >= 1),
+           "finetune.curve_points", f.get("curve_points"), "null (= keep eval.every) or an integer >= 1 (more "
+           "than finetune.iterations: one every iteration)")
 
 
 def _check_model_shape(cfg: DictConfig) -> None:

@@ -207,3 +207,41 @@ def test_the_sweep_recipe_fine_tunes_a_parent_per_weight(family, tmp_path):
         [("completed", PARENT_IT + 2, 0.0), ("completed", PARENT_IT + 2, 1.0)]
     report = (sweep / "report" / "report.md").read_text()
     assert "## Classifier fine-tuning" in report and "Caution" in report  # domain: accuracy by the tuned-against
+
+
+def test_a_fine_tune_evaluates_its_own_curve_and_the_report_draws_it_from_the_parent(tmp_path):
+    """finetune.curve_points=3 (the default) over 3 iterations: a curve evaluation every iteration, whatever the
+    parent's eval.every (2); the report's figure starts each weight's line at the parent's last curve point."""
+    from cgan_bench.report.finetune import fine_tune_curves, finetune_rows
+    from cgan_bench.report.collect import load_sweep
+    parent = tmp_path / "parent"
+    run(parent, f"train.iterations={PARENT_IT}", "eval.every=2")
+    sweep = tmp_path / "sweep"
+    for k, weight in enumerate(("0", "0.5")):
+        run(sweep / f"{k}_digits_projection_s0", f"finetune.parent={parent}", f"finetune.weight={weight}",
+            f"finetune.iterations={FT_IT}", "eval.every=2")
+    curve_its = {d.name: [r["iteration"] for r in lines(d) if r["phase"] == "curve"] for d in sweep.iterdir()}
+    # every 3 // 3 = 1 iteration from the parent's 4; iteration 7, the last, has the final evaluation instead
+    # (a curve one too only where eval.best_metric keeps a best checkpoint, not in eval=smoke)
+    assert set(map(tuple, curve_its.values())) == {(5, 6)}
+
+    report = build_report(sweep, tmp_path / "report", "ft", link=False).read_text()
+    assert "![finetune curves](finetune_curves.png)" in report
+    assert (tmp_path / "report" / "finetune_curves.png").is_file()
+    frames = load_sweep(sweep)
+    c = fine_tune_curves(finetune_rows(frames.runs.assign(state="completed")), frames.curves)
+    parent_fid = [r["fid"] for r in lines(parent) if r["phase"] == "curve" and r["iteration"] == PARENT_IT]
+    for k, weight in enumerate((0.0, 0.5)):
+        line = c[c["weight"] == weight].sort_values("iteration")
+        child = {r["iteration"]: r["fid"] for r in lines(sweep / f"{k}_digits_projection_s0") if r["phase"] == "curve"}
+        assert line["iteration"].tolist() == [PARENT_IT, 5, 6]
+        assert line["origin"].tolist() == [True, False, False]
+        assert line["fid"].tolist() == pytest.approx(parent_fid + [child[i] for i in (5, 6)])
+
+
+@pytest.mark.parametrize("points", [0, -1, 1.5, "'three'"])
+def test_curve_points_that_are_not_a_positive_integer_are_refused(points):
+    from cgan_bench.config import validate
+    with pytest.raises(ConfigError, match=r"finetune.curve_points=.* is not allowed: null \(= keep eval.every\)"):
+        validate(make_cfg(f"finetune.curve_points={points}"))
+    validate(make_cfg(f"finetune.iterations={FT_IT}", f"finetune.curve_points={FT_IT + 5}"))  # one every iteration

@@ -109,7 +109,7 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
                   "generator (the paper scored its AC-GAN \"at its prime\"). Choosing the best on the curve and "
                   "then scoring it flatters it slightly; the tables above use the final generator only. "
                   "`best = final`: runs whose best was their last iteration.", "", _md(best)]
-    lines += finetune.section(done, out_dir, title)  # only for runs made with finetune.parent
+    lines += finetune.section(done, out_dir, title, curves)  # only for runs made with finetune.parent
     published = tables.published_values(done)
     if not published.empty:
         lines += ["## Published values", "", f"Source: {tables.PAPER_SOURCE}. Only values we could verify; empty = "

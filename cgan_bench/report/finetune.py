@@ -1,6 +1,7 @@
 """The fine-tune section of a sweep's report (runs made with finetune.parent: train/finetune.py): for each parent,
 its own final metrics, then each fine-tune's by classifier-loss weight, and a figure of quality (class accuracy,
-IS) against diversity (modes covered on stacked digits, else the diversity ratio), one point per weight."""
+IS) against diversity (modes covered on stacked digits, else the diversity ratio), one point per weight, and one
+of FID, class accuracy and diversity over the fine-tune's iterations."""
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 from .collect import read_run  # noqa: E402
+from .plots import _save, _sizes  # noqa: E402
 from .tables import DIGITS, LABELS, PROTOCOL_FIELDS  # noqa: E402
 
 METRICS = ["class_accuracy", "is_mean", "fid", "intra_fid_mean", "diversity_ratio_mean", "near_duplicate_rate_mean",
@@ -135,6 +137,63 @@ def tradeoff_plot(rows: pd.DataFrame, out: Path, title: str) -> Path | None:
     return path
 
 
+CURVE_PANELS = [("fid", "FID (lower is better)"), ("class_accuracy", "class accuracy (higher = more classifiable)"),
+                ("diversity_ratio_mean", "diversity ratio (1 = as diverse as the data)")]
+
+
+def fine_tune_curves(rows: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """The curve evaluations over each fine-tune (from the sweep's curves), each weight's line starting at its
+    parent's last curve evaluation (the same curve protocol; read from the parent's run directory): columns
+    parent, weight, origin (the parent's point), iteration and the metrics. Empty where there is nothing to draw."""
+    if curves.empty or "run" not in curves:
+        return pd.DataFrame()
+    curve = curves[curves["phase"] == "curve"]
+    out = []
+    for parent, g in rows.groupby("parent", sort=False):
+        _, evals, _ = read_run(Path(parent))
+        origin = [r for r in evals if r.get("phase") == "curve"]
+        origin = max(origin, key=lambda r: r["iteration"]) if origin else None
+        for weight, w in g[g["role"] == "fine-tune"].groupby("weight"):
+            mine = curve[curve["run"].isin(w["run"])]
+            if mine.empty:
+                continue
+            if origin is not None:  # once per weight: every line starts from the same parent point
+                out.append({**origin, "parent": parent, "weight": weight, "origin": True})
+            out += [{**r, "parent": parent, "weight": weight, "origin": False} for r in mine.to_dict("records")]
+    return pd.DataFrame(out)
+
+
+def curve_plot(rows: pd.DataFrame, curves: pd.DataFrame, out: Path, title: str) -> Path | None:
+    """FID, class accuracy and diversity ratio over the fine-tune's iterations, one line per weight (mean over
+    its runs) from the parent's last curve evaluation (a star): how quality and diversity move while the
+    classifier loss acts, not only where they end."""
+    c = fine_tune_curves(rows, curves)
+    panels = [(m, label) for m, label in CURVE_PANELS if m in c and c[m].notna().any()]
+    if c.empty or not panels or c.groupby(["parent", "weight"])["iteration"].nunique().max() < 2:
+        return None  # a single point per line is no curve
+    weights = sorted(c["weight"].unique())
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4), squeeze=False)
+    for ax, (metric, label) in zip(axes[0], panels):
+        for j, (parent, g) in enumerate(c.groupby("parent", sort=False)):
+            for weight, w in g.groupby("weight"):
+                line = w.groupby("iteration")[metric].mean()
+                ax.plot(line.index, line.values, styles[j % len(styles)], marker="o", ms=3,
+                        color=plt.cm.viridis(weights.index(weight) / max(1, len(weights) - 1)),
+                        label=(f"weight {weight:g}" + (" (control)" if weight == 0 else ""))
+                        + (f", parent {Path(parent).name}" if c["parent"].nunique() > 1 else ""))
+            origin = g[g["origin"]]
+            if len(origin):
+                ax.plot(origin["iteration"].iloc[:1], origin[metric].iloc[:1], "*", ms=14, color="white",
+                        mec="black", mew=0.8, label="parent's last curve point" if j == 0 else None)
+        ax.set_xlabel("generator iteration")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    return _save(fig, f"{title}: during the fine-tune, curve evaluations (n generated = {_sizes(c)}, one line per weight, "
+                      f"mean over its runs)", out / "finetune_curves.png")
+
+
 def classifier_notes(rows: pd.DataFrame) -> list[str]:
     """What the class-accuracy column means given the classifier each fine-tune's loss used."""
     # the first word of status.json's finetune_classifier: independent | domain | file | none (weight 0)
@@ -157,8 +216,9 @@ def classifier_notes(rows: pd.DataFrame) -> list[str]:
     return notes
 
 
-def section(done: pd.DataFrame, out_dir: Path, title: str = "") -> list[str]:
-    """The report lines (markdown) of the fine-tune section; [] when no completed run is a fine-tune."""
+def section(done: pd.DataFrame, out_dir: Path, title: str = "", curves: pd.DataFrame | None = None) -> list[str]:
+    """The report lines (markdown) of the fine-tune section; [] when no completed run is a fine-tune. `curves`:
+    the sweep's curve evaluations (for the figure over the fine-tune's iterations)."""
     if done.empty or "path" not in done:
         return []
     rows = finetune_rows(done)
@@ -178,4 +238,9 @@ def section(done: pd.DataFrame, out_dir: Path, title: str = "") -> list[str]:
                          if title else "quality against diversity after classifier fine-tuning")
     if plot is not None:
         lines += [f"![finetune tradeoff]({plot.name})", ""]
+    plot = curve_plot(rows, curves if curves is not None else pd.DataFrame(), out_dir, title or "fine-tunes")
+    if plot is not None:
+        lines += ["Over the fine-tune: the curve evaluations (`finetune.curve_points` of them, the curve protocol's "
+                  "smaller sample), each weight's line starting at the parent's last curve evaluation.", "",
+                  f"![finetune curves]({plot.name})", ""]
     return lines

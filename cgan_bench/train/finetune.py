@@ -60,7 +60,8 @@ class Parent:
 # ---- the parent -------------------------------------------------------------------------------------------
 def begin(cfg, run: RunDir) -> Parent | None:
     """For a fine-tune (finetune.parent set): check the settings and the parent before anything runs, and set
-    train.iterations to the parent's final iteration + finetune.iterations. A refusal is recorded in
+    train.iterations to the parent's final iteration + finetune.iterations (and eval.every to give
+    finetune.curve_points curve evaluations over the fine-tune). A refusal is recorded in
     status.json (unless the directory holds a completed run) and raised. None for an ordinary run."""
     if OmegaConf.select(cfg, "finetune.parent") is None:
         return None
@@ -72,6 +73,9 @@ def begin(cfg, run: RunDir) -> Parent | None:
             run.write_status("failed", 0, int(cfg.train.iterations), 0.0, None, str(err))
         raise
     cfg.train.iterations = parent.iteration + int(cfg.finetune.iterations)
+    points = cfg.finetune.get("curve_points")
+    if points and cfg.eval.every:  # the fine-tune's own curve (eval.every=0, final only, stays so)
+        cfg.eval.every = max(1, int(cfg.finetune.iterations) // int(points))
     return parent
 
 
