@@ -196,7 +196,7 @@ CONCAT_STAGE_NOTE = ("Hidden concat (`concat`) joins the label embedding to the 
                      "128px; no 32px code was published, so below 128px the stage is a guess: "
                      "`python -m cgan_bench -m +sweep=concat_stage` shows how much it matters.")
 REPORT_PNGS = ("curves_*.png", "per_class_*.png", "samples_*.png", "morph_*.png", "finetune_*.png",
-               "curves_*.pdf", "per_class_*.pdf", "samples_*.pdf", "morph_*.pdf")  # PDFs: for papers
+               "curves_*.pdf", "per_class_*.pdf", "samples_*.pdf", "morph_*.pdf", "finetune_*.pdf")  # PDFs: for papers
 OWN_FOLDER = "report"  # every multirun writes <sweep dir>/report/, linked from <sweep dir>/report.md
 
 

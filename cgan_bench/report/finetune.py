@@ -143,16 +143,19 @@ CURVE_PANELS = [("fid", "FID (lower is better)"), ("class_accuracy", "class accu
 
 def fine_tune_curves(rows: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     """The curve evaluations over each fine-tune (from the sweep's curves), each weight's line starting at its
-    parent's last curve evaluation (the same curve protocol; read from the parent's run directory): columns
+    parent's curve evaluation at the parent's last iteration where it has one (the same curve protocol; read
+    from the parent's run directory): columns
     parent, weight, origin (the parent's point), iteration and the metrics. Empty where there is nothing to draw."""
     if curves.empty or "run" not in curves:
         return pd.DataFrame()
     curve = curves[curves["phase"] == "curve"]
     out = []
     for parent, g in rows.groupby("parent", sort=False):
-        _, evals, _ = read_run(Path(parent))
-        origin = [r for r in evals if r.get("phase") == "curve"]
-        origin = max(origin, key=lambda r: r["iteration"]) if origin else None
+        own, evals, _ = read_run(Path(parent))
+        # the parent's curve point where the fine-tunes start (its last iteration: a curve evaluation there only
+        # with eval.best_metric); an earlier one would join the parent's own last iterations to the lines
+        origin = [r for r in evals if r.get("phase") == "curve" and r["iteration"] == own.get("iteration")]
+        origin = origin[-1] if origin else None
         for weight, w in g[g["role"] == "fine-tune"].groupby("weight"):
             mine = curve[curve["run"].isin(w["run"])]
             if mine.empty:
@@ -179,7 +182,7 @@ def curve_plot(rows: pd.DataFrame, curves: pd.DataFrame, out: Path, title: str) 
             for weight, w in g.groupby("weight"):
                 line = w.groupby("iteration")[metric].mean()
                 ax.plot(line.index, line.values, styles[j % len(styles)], marker="o", ms=3,
-                        color=plt.cm.viridis(weights.index(weight) / max(1, len(weights) - 1)),
+                        color=plt.cm.viridis(0.85 * weights.index(weight) / max(1, len(weights) - 1)),  # no pale yellow
                         label=(f"weight {weight:g}" + (" (control)" if weight == 0 else ""))
                         + (f", parent {Path(parent).name}" if c["parent"].nunique() > 1 else ""))
             origin = g[g["origin"]]
@@ -190,8 +193,8 @@ def curve_plot(rows: pd.DataFrame, curves: pd.DataFrame, out: Path, title: str) 
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    return _save(fig, f"{title}: during the fine-tune, curve evaluations (n generated = {_sizes(c)}, one line per weight, "
-                      f"mean over its runs)", out / "finetune_curves.png")
+    return _save(fig, f"{title}: during the fine-tune, curve evaluations (n generated = {_sizes(c)}, one line per "
+                      f"weight, mean over its runs)", out / "finetune_curves.png")
 
 
 def classifier_notes(rows: pd.DataFrame) -> list[str]:
