@@ -64,7 +64,8 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
     expected = frames.expected_jobs
     lines += [f"Runs: {n_done} completed of {n_runs} found" + (f" ({expected} expected by the sweep)" if expected else "")
               + ". Tables use completed runs only; mean ± std over seeds; **bold** = the best head of a column, "
-              "only where it beats the runner-up in a paired t-test over seeds (p < 0.05): no bold on ties.", ""]
+              "only where it beats every other head in a paired t-test over seeds (p < 0.05 against each, "
+              "Holm-corrected over those comparisons): no bold on ties.", ""]
 
     lines += ["## Protocol", "", _md(tables.protocol_card(done, runs)) if not done.empty else "_(no completed run)_\n"]
     warnings = tables.sample_count_warnings(done) if not done.empty else []
@@ -119,7 +120,8 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
     paired = tables.paired_vs_projection(done) if not done.empty else pd.DataFrame()
     lines += ["## Each head against projection (paired by seed, Holm-corrected)", "",
               "difference = head − projection on the same seed, mean over seeds (KID ×10³). Per metric the heads "
-              "form one family: `p_holm` is the paired t-test's p-value after Holm's correction, the interval "
+              "form one family: `p_holm` is the paired t-test's p-value after Holm's correction (where all of a head's "
+              "differences are equal, zero variance, the exact sign-flip test's 2 / 2^n instead), the interval "
               "[ci_low, ci_high] is the simultaneous 95% (Bonferroni) interval, `effect_dz` the mean difference "
               "over the differences' std. `reference`: the real-vs-real noise floor (FID, intra-FID, KID) or the "
               "real ceiling (modes, KL). A verdict other than \"no clear difference\" needs p_holm < 0.05.", "",
