@@ -23,11 +23,13 @@ import time
 
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .app import CONF_DIR, resolve_device
-from .config import ConfigError, validate
+from .config import ConfigError, check_group_overrides, check_key_overrides, group_options, validate
 from .data import ImageData
 from .train.cuda_graph import WARMUP, check_supported as check_graph_supported
 from .train.loop import LOSSES, Trainer, dequantize
@@ -191,10 +193,56 @@ class BaselineStep:
 
 
 def make_config(overrides: list[str]):
-    with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
-        cfg = compose("config", overrides=["wandb.mode=disabled", *overrides])
+    """The composed, validated config; a bad override is a ConfigError (one line), not Hydra's traceback."""
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=CONF_DIR):
+            cfg = compose("config", overrides=["wandb.mode=disabled", *overrides])
+    except (HydraException, OmegaConfBaseException) as err:  # what check_*_overrides cannot see, e.g. syntax
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"the overrides {' '.join(overrides)} do not compose: {first} (fix or drop the override; "
+                          "python -m cgan_bench --help lists the config groups and keys)") from None
     validate(cfg)
     return cfg
+
+
+def check_heads(heads: list[str]) -> None:
+    """Every --heads entry must be a head bench can compose (conf/head/*.yaml of a registered head)."""
+    known = group_options((CONF_DIR,), "head")
+    for head in heads:
+        if head not in known:
+            raise ConfigError(f"--heads {','.join(heads)}: {head!r} is no known head; the heads are "
+                              f"{', '.join(known)} (e.g. --heads projection,concat,acgan)")
+
+
+def count(minimum: int, what: str):
+    """An argparse type: an integer >= minimum (a count that must not be empty), named in the refusal."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} is not allowed: an integer >= {minimum}, {what}")
+        return value
+    return parse
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type for a timed window: 0 or less would time a single step, inf never ends."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: a number of seconds > 0 (e.g. 10)")
+    return value
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's refusals as the rest of the CLI's: one `error:` line, exit code 2 (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; python -m cgan_bench.bench --help lists the options\n")
 
 
 def bench_head(cfg, device, args, run_dir) -> dict:
@@ -535,13 +583,13 @@ def format_table(rows: list[dict], keys: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cgan_bench.bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m cgan_bench.bench", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=sngan train.n_dis=5")
     parser.add_argument("--heads", default="projection,concat,acgan", help="comma-separated heads to time")
-    parser.add_argument("--n-classes", type=int, default=10)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--n-classes", type=count(1, "the classes of the synthetic data"), default=10)
+    parser.add_argument("--warmup", type=count(0, "the untimed iterations before each timing"), default=3)
+    parser.add_argument("--repeats", type=count(1, "the timed iterations whose median is reported"), default=5)
     parser.add_argument("--baseline", action="store_true", help="also time a plain eager implementation")
     parser.add_argument("--eval", action="store_true", help="also time generation and feature extraction")
     parser.add_argument("--frechet", action="store_true",
@@ -557,14 +605,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", default=None,
                         help="comma-separated job counts, e.g. 1,2,4,8: also run N concurrent training processes of "
                              "the first head on the same device and report per-job and aggregate it/s (packing)")
-    parser.add_argument("--pack-seconds", type=float, default=10.0, help="timed window of each packing measurement")
+    parser.add_argument("--pack-seconds", type=positive_seconds, default=10.0,
+                        help="timed window of each packing measurement")
     args = parser.parse_intermixed_args(argv)
-    try:
+    heads = [h for h in args.heads.split(",") if h]  # --heads "": no training rows (an --eval timing)
+    try:  # every config composed and checked here, so a bad one is refused before any timing, not between heads
+        check_group_overrides(args.overrides, CONF_DIR)
+        check_key_overrides(args.overrides, CONF_DIR)
+        check_heads(heads)
         cfg = make_config(args.overrides)
         device = resolve_device(str(cfg.device))
-        refusal = check_graph_supported(cfg, device, 1, False)
-        if refusal:
-            raise ConfigError(refusal)
+        head_cfgs = [make_config([*args.overrides, f"head={head}"]) for head in heads]
+        for c in (cfg, *head_cfgs):
+            refusal = check_graph_supported(c, device, 1, False)
+            if refusal:
+                raise ConfigError(refusal)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -575,6 +630,10 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         print(f"error: --jobs takes positive job counts separated by commas, not {args.jobs!r}", file=sys.stderr)
         return 2
+    if jobs and not heads:
+        print(f"error: --jobs {args.jobs} packs jobs of the first of --heads, and --heads is empty; name a head "
+              "(e.g. --heads projection)", file=sys.stderr)
+        return 2
     import tempfile
     torch.backends.cudnn.benchmark = True
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
@@ -584,8 +643,7 @@ def main(argv: list[str] | None = None) -> int:
               "method": f"median of {args.repeats} timed iterations after {args.warmup} warm-up, device synchronised",
               "train": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for head in [h for h in args.heads.split(",") if h]:  # --heads "": no training rows (an --eval timing)
-            c = make_config([*args.overrides, f"head={head}"])
+        for c in head_cfgs:
             result["train"].append(bench_head(c, device, args, tmp))
         if args.eval:
             result["eval"] = bench_eval(cfg, device, args, tmp)

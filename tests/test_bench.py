@@ -105,6 +105,38 @@ def test_bad_jobs_is_a_one_line_error(capsys):
     assert "--jobs" in capsys.readouterr().err
 
 
+def bench_cli(tmp_path, *args):
+    """`python -m cgan_bench.bench ARGS` in a subprocess, its temporary files under tmp_path/tmp (checked empty)."""
+    import os
+    import subprocess
+    import sys
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, "-m", "cgan_bench.bench", "train=smoke", "--json", *args],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
+
+
+@pytest.mark.parametrize("args, shown", [
+    (["--heads", "projection,projecton"], "'projecton' is no known head; the heads are acgan, concat"),  # 2nd head
+    (["bogus=1"], "bogus=1 is not allowed"),
+    (["head=nope"], "head=nope is not allowed: registered heads are"),
+    (["train.n_dis=["], "train.n_dis=[ do not compose"),  # Hydra's own refusal (syntax), its first line
+    (["+seed=3"], "Could not append to config. An item is already at 'seed'"),
+    (["--repeats", "0"], "argument --repeats: '0' is not allowed: an integer >= 1"),  # was StatisticsError
+    (["--warmup", "-1"], "argument --warmup: '-1' is not allowed: an integer >= 0"),
+    (["--pack-seconds", "0"], "argument --pack-seconds: '0' is not allowed"),
+    (["--heads", "", "--jobs", "2"], "--jobs 2 packs jobs of the first of --heads, and --heads is empty"),
+])
+def test_bad_bench_input_is_one_line_before_any_timing(tmp_path, args, shown):
+    """Exit code 2 and one `error:` line naming the value and the fix, before the first head is timed (a bad
+    second head used to be found after timing the first, then a Hydra traceback); nothing printed, nothing left."""
+    r = bench_cli(tmp_path, *args)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.startswith("error: ") and len(r.stderr.splitlines()) == 1 and shown in r.stderr, r.stderr
+    assert r.stdout == "" and [p.name for p in tmp_path.iterdir()] == ["tmp"]
+    assert not any((tmp_path / "tmp").iterdir())
+
+
 def test_frechet_timing_compares_both_methods_on_the_same_statistics():
     from cgan_bench.bench import bench_frechet
     rows = bench_frechet(dim=64, repeats=2)
