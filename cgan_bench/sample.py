@@ -1,7 +1,9 @@
 """`python -m cgan_bench.sample RUN_DIR`: images from a trained generator, as a labelled figure (like
 samples/final.png), a pixel grid (like samples/final_raw.png) or one file per image."""
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 EXAMPLES = """examples:
@@ -43,6 +45,21 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def check_writable(out: Path, folder: Path) -> None:
+    """Refuse an --out that cannot be written before the generator is loaded and sampled: `folder` (the file's
+    parent, or the --format files folder) must be a folder or creatable as one. Probed with a temporary file in
+    its nearest existing ancestor, so a refusal leaves nothing behind."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p == Path(p.anchor or "."))
+    if not existing.is_dir():
+        fail(f"--out {out}: {existing} is a file, not a folder; choose an --out inside a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".sample_write_test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        fail(f"--out {out}: cannot write in {existing} ({err.strerror or err}); choose a writable --out")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     from .generator_api import load_generator, sample, sample_grid
@@ -58,6 +75,9 @@ def main(argv=None) -> None:
         fail(f"--out {out} is a folder; a {args.format} needs a file name (or use --format files)")
     if suffixes and out.suffix.lower() not in suffixes:
         fail(f"--out {out}: a {args.format} is written as {' or '.join(suffixes)}")
+    if not suffixes and out.exists() and not out.is_dir():
+        fail(f"--out {out} is a file; --format files writes one PNG per image into a folder: give a folder's name")
+    check_writable(out, out.parent if suffixes else out)
     try:
         gen = load_generator(args.run_dir, device=args.device, checkpoint=args.checkpoint)
         if args.classes is None:

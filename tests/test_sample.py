@@ -3,6 +3,7 @@
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +107,28 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path):
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "is written as" in r.stderr, r.stderr
         assert not (tmp_path / name).exists()
     assert not (tmp_path / "x.png").exists()
+
+
+def test_an_unwritable_out_is_one_line_before_sampling(run, tmp_path):
+    """--out that cannot be written (a folder that cannot be made, a file where a folder must be) is refused
+    with one line naming the path and exit code 2 before the generator is loaded: no traceback after sampling,
+    nothing written."""
+    blocker = tmp_path / "afile"
+    blocker.write_text("mine")
+    cases = [(["--format", "files", "--out", blocker], f"--out {blocker} is a file; --format files writes"),
+             (["--out", blocker / "x.png"], f"{blocker} is a file, not a folder"),
+             (["--format", "grid", "--out", blocker / "sub" / "x.png"], f"{blocker} is a file, not a folder"),
+             (["--format", "files", "--out", blocker / "imgs"], f"{blocker} is a file, not a folder")]
+    if Path("/proc/self").is_dir():  # Linux: nothing can be made under /proc
+        cases.append((["--out", "/proc/nope/a.png"], "--out /proc/nope/a.png: cannot write in /proc"))
+    for args, shown in cases:
+        r = sample_cli(run, *args)
+        assert r.returncode == 2, (args, r.stderr[-3000:])
+        assert r.stderr.startswith("error: ") and len(r.stderr.splitlines()) == 1 and shown in r.stderr, r.stderr
+        assert r.stdout == "" and [p.name for p in tmp_path.iterdir()] == ["afile"] and blocker.read_text() == "mine"
+    # the refusal comes before the run is read: a missing run directory is not what is reported
+    r = sample_cli(tmp_path / "no_run", "--format", "files", "--out", blocker)
+    assert r.returncode == 2 and "is a file; --format files" in r.stderr, r.stderr
 
 
 def test_class_names_from_the_checkpoint_and_old_checkpoints(run, tmp_path):
