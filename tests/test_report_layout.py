@@ -5,6 +5,8 @@ Inception-space columns of their dataset; and the evaluator's own record and war
 import json
 import logging
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -290,3 +292,28 @@ def test_report_command_titles_a_sweep_by_its_sweep_name(tmp_path):
     assert (tmp_path / "rep" / "report.md").read_text().startswith("# cgan-bench report: my_study\n")
     assert main([str(tmp_path / "runs"), "--out", str(tmp_path / "rep2"), "--title", "other"]) == 0
     assert (tmp_path / "rep2" / "report.md").read_text().startswith("# cgan-bench report: other\n")
+
+
+def test_report_command_refuses_a_folder_without_run_directories(tmp_path):
+    """A folder holding no run directory (a typo'd or not-yet-started sweep, any other folder) is refused with one
+    line naming it and what to pass instead, exit code 2, nothing written (it used to get a report of "Runs: 0
+    completed of 0 found"); a sweep whose every job failed has run directories and still gets its report."""
+    from cgan_bench.report.__main__ import main
+    empty, other = tmp_path / "empty", tmp_path / "other"
+    empty.mkdir()
+    (other / "notes").mkdir(parents=True)
+    (other / "multirun.yaml").write_text(yaml.safe_dump({"sweep_name": "never_ran"}))  # a sweep with no job yet
+    for folder, extra in ((empty, []), (other, []), (other, ["--out", str(tmp_path / "rep")])):
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        r = subprocess.run([sys.executable, "-m", "cgan_bench.report", str(folder), *extra], capture_output=True,
+                           text=True, timeout=300)
+        assert r.returncode == 2, r.stderr[-3000:]
+        assert r.stderr.startswith(f"error: {folder} holds no run directories") and len(r.stderr.splitlines()) == 1
+        assert "a sweep directory such as multirun/" in r.stderr and "folder of run directories" in r.stderr
+        assert r.stdout == "" and sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    failed = tmp_path / "failed"
+    write_run(failed, "0_digits_projection_s0", "projection", 0, "digits", {}, images=False)
+    (failed / "0_digits_projection_s0" / "status.json").write_text(json.dumps({"state": "failed", "reason": "boom"}))
+    (failed / "0_digits_projection_s0" / "metrics.jsonl").write_text("")
+    assert main([str(failed)]) == 0
+    assert "Runs: 0 completed of 1 found" in (failed / "report" / "report.md").read_text()

@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 from .build import OWN_FOLDER, ReportExists, write_report
-from .collect import _read_yaml
+from .collect import _read_yaml, find_run_dirs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.sweep_dir.is_dir():
         print(f"error: {args.sweep_dir} is not a directory; pass the sweep folder (e.g. multirun/2026-...)",
+              file=sys.stderr)
+        return 2
+    if not find_run_dirs(args.sweep_dir):  # a report of no runs ("Runs: 0 completed of 0 found") helps nobody
+        print(f"error: {args.sweep_dir} holds no run directories (no folder in it has .hydra/config.yaml); pass a "
+              "sweep directory such as multirun/2026-... or a folder of run directories; nothing written",
               file=sys.stderr)
         return 2
     out = args.out or args.sweep_dir / OWN_FOLDER
