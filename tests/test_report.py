@@ -309,13 +309,19 @@ def protocol_values(md: str, setting: str) -> list[str]:
 
 # ---- where reports land ------------------------------------------------------------------------------------
 
+def job_dir(sweep: Path) -> None:
+    """One run directory (a job that never started) in `sweep`: the report command refuses a folder without any."""
+    (sweep / "0" / ".hydra").mkdir(parents=True)
+    (sweep / "0" / ".hydra" / "config.yaml").write_text("seed: 0\n")
+
+
 def test_reports_live_with_their_sweep_and_never_replace_another_sweeps(tmp_path, monkeypatch, capsys):
     """The default output is SWEEP/report (linked from SWEEP/report.md); --out onto another sweep's report is
     refused (exit 2, one line, nothing written) unless --overwrite; the same sweep's report is refreshed."""
     from cgan_bench.report.build import built_from
     monkeypatch.chdir(tmp_path)
     for name in ("a", "b"):
-        (tmp_path / name).mkdir()
+        job_dir(tmp_path / name)
         assert report_main([name]) == 0
         assert (tmp_path / name / "report.md").resolve() == (tmp_path / name / "report" / "report.md").resolve()
     assert report_main(["a", "--out", "pub"]) == 0 and built_from(tmp_path / "pub") == tmp_path / "a"
@@ -328,7 +334,7 @@ def test_reports_live_with_their_sweep_and_never_replace_another_sweeps(tmp_path
     assert (tmp_path / "b" / "report.md").resolve() == (tmp_path / "b" / "report" / "report.md").resolve()
     assert report_main(["b", "--out", "pub", "--overwrite"]) == 0 and built_from(tmp_path / "pub") == tmp_path / "b"
     # the committed examples' layout: runs inside the report folder, rebuilt with --out as before
-    (tmp_path / "pub2" / "runs").mkdir(parents=True)
+    job_dir(tmp_path / "pub2" / "runs")
     assert report_main(["pub2/runs", "--out", "pub2"]) == 0
     assert report_main(["pub2/runs", "--out", "pub2"]) == 0
     assert (tmp_path / "pub2" / "runs").is_dir() and built_from(tmp_path / "pub2") == tmp_path / "pub2" / "runs"
