@@ -1,5 +1,6 @@
 """Validate a composed config before any work starts: one line naming the key, the value and what is allowed."""
 import difflib
+import os
 import re
 from functools import lru_cache
 from importlib.resources import files
@@ -57,6 +58,10 @@ def validate(cfg: DictConfig) -> None:
     _check(str(cfg.device) in ("auto", "cpu", "cuda") or str(cfg.device).startswith("cuda:"), "device", cfg.device,
            "auto, cpu, cuda or cuda:N")
     _check(_is_int(cfg.seed) and 0 <= cfg.seed <= MAX_SEED, "seed", cfg.seed, "an integer between 0 and 2**64-1")
+    # `resume=no` arrives as the string "no", which is truthy: it would resume (or skip a completed run)
+    _check(isinstance(cfg.get("resume", True), bool), "resume", cfg.get("resume"),
+           "true (continue or skip what the run directory holds) or false (start it over)")
+    _check_wandb_mode(cfg)
 
     m = cfg.model
     for key in ("g_ch", "d_ch", "z_dim"):
@@ -125,6 +130,21 @@ def validate(cfg: DictConfig) -> None:
            "figures.morph_classes", morph, "two class indices, e.g. [0, 1] (morphing from the first to the second)")
     if cfg.get("finetune") is not None:
         _check_finetune(cfg.finetune, e.feature_space)
+
+
+WANDB_MODES = ("auto", "online", "offline", "disabled")  # auto: online with credentials, else offline
+WANDB_ENV_MODES = ("online", "offline", "disabled", "dryrun", "run", "shared")  # what wandb itself accepts
+
+
+def _check_wandb_mode(cfg: DictConfig) -> None:
+    """wandb.mode, and WANDB_MODE where set (it wins over wandb.mode): a typo would otherwise end in wandb's
+    multi-line validation error after the data has loaded, or be ignored."""
+    mode = (cfg.get("wandb") or {}).get("mode", "auto")
+    _check(mode in WANDB_MODES, "wandb.mode", mode, ", ".join(WANDB_MODES))
+    env = os.environ.get("WANDB_MODE")
+    if env:
+        _check(env in WANDB_ENV_MODES, "the environment variable WANDB_MODE", env,
+               f"{', '.join(WANDB_ENV_MODES[:3])} (it overrides wandb.mode), or unset it")
 
 
 def _check_finetune(f: DictConfig, feature_space: str) -> None:
