@@ -32,8 +32,9 @@ from .metrics.feature_space import WeightsMissingError, make_feature_space
 from .tracking import WandbTracker, resolve_mode
 from .train import distributed, finetune
 from .train.cuda_graph import check_supported as check_graph_supported
-from .train.checkpoint import CheckpointUnreadable, load_best
-from .train.loop import Diverged, Preempted, PreemptionSignals, ResumeConfigMismatch, ResumePastBudget, Trainer
+from .train.checkpoint import CheckpointUnreadable, load_best, load_checkpoint
+from .train.loop import (Diverged, Preempted, PreemptionSignals, ResumeConfigMismatch, ResumePastBudget, Trainer,
+                         config_differences, resume_relevant)
 from .train.precision import resolve_precision
 from .train.run_dir import RunDir, earlier_wall_s
 from .train.run_lock import RunDirBusy, RunDirLock
@@ -138,7 +139,7 @@ def start_over(run: RunDir) -> None:
     """resume=false: forget everything this run directory holds from an earlier attempt."""
     for name in ("checkpoints", "samples"):
         shutil.rmtree(run.path / name, ignore_errors=True)
-    for f in (run.metrics_file, run.per_class_file, run.per_class_best_file, run.status_file):
+    for f in (run.metrics_file, run.per_class_file, run.per_class_best_file, run.status_file, run.accepted_file):
         f.unlink(missing_ok=True)
 
 
@@ -148,17 +149,20 @@ def run_job(cfg: DictConfig, run_dir: Path, group: str = "single", job_num: int 
     A diverged run is recorded in status.json, then Diverged is raised.
     `group` names the sweep for W&B. The job holds the run directory's lock (train/run_lock.py) from before it
     reads anything there until it ends; if another job holds it, RunDirBusy is raised and nothing is written.
-    `hydra_files` (path relative to run_dir -> text) is what Hydra wrote there for this job: rewritten before the
-    lock is released if a refused job's Hydra overwrote it meanwhile.
+    `hydra_files` (path relative to run_dir -> text) is what Hydra wrote there for this job. Once the job is
+    accepted they are kept (RunDir.keep_accepted); when the lock is released, the directory's Hydra files are
+    those of the job it last accepted: a refused job (a busy directory, another config, a bad value) leaves
+    the settings its results were made with. A directory that never accepted a job keeps this job's.
     A multi-process run (train/distributed.py): rank 0 runs the job; the other ranks only train (_run_job_worker)."""
     if not distributed.is_main():
         return _run_job_worker(cfg, job_num)
     try:
         with RunDirLock(run_dir):
+            run = RunDir(run_dir)
             try:
-                return _run_job_locked(cfg, run_dir, group, job_num)
+                return _run_job_locked(cfg, run, group, job_num, hydra_files or {})
             finally:
-                restore_files(Path(run_dir), hydra_files or {})
+                restore_files(Path(run_dir), run.accepted() or hydra_files or {})
     except OSError as err:  # checkpoints are written atomically: the last complete one is still there
         refusal = cannot_write(err, Path(run_dir))
         if refusal is None:
@@ -272,22 +276,51 @@ def _run_job_worker(cfg: DictConfig, job_num: int) -> None:
     best_evaluation(trainer, final)
 
 
-def _run_job_locked(cfg: DictConfig, run_dir: Path, group: str, job_num: int) -> dict | None:
-    run = RunDir(run_dir)
-    parent = finetune.begin(cfg, run)  # a fine-tune: its parent checked, train.iterations set, before anything runs
-    previous = run.read_status()
-    if cfg.resume and previous and previous["state"] == "completed" \
-            and previous.get("total_iterations") == cfg.train.iterations:
-        finals = [r for r in run.metrics() if r.get("phase") == "final"]
-        if finals:
-            log.info("%s is already completed; skipping (delete it or set resume=false to train again)", run_dir)
-            return finals[-1]
-    run.start_clock(earlier_wall_s(previous) if cfg.resume else 0.0)  # status.json's total_wall_s from here
+def completed_run(cfg: DictConfig, run: RunDir, previous: dict | None) -> dict | None:
+    """The final metrics of the completed run this job would only repeat (resume=true, the same budget and the
+    same settings: it is skipped), else None. The same budget with other settings is refused: skipping would
+    label the old results with the new settings."""
+    if not (cfg.resume and previous and previous["state"] == "completed"
+            and previous.get("total_iterations") == cfg.train.iterations):
+        return None
+    finals = [r for r in run.metrics() if r.get("phase") == "final"]
+    if not finals:
+        return None
+    state = load_checkpoint(run.checkpoints, mmap=True)  # its config only; None where checkpoints were deleted
+    changed = config_differences(state.get("config", {}), resume_relevant(cfg)) if state else []
+    if changed:
+        raise ResumeConfigMismatch(
+            f"{run.path} holds a completed run trained with another config ({'; '.join(changed)}); choose another "
+            f"hydra.run.dir (or hydra.sweep.dir), or rerun with resume=false to train this directory again")
+    return finals[-1]
+
+
+def record_refusal(run: RunDir, cfg: DictConfig, err: Exception) -> None:
+    """status.json says why a job was refused, where the directory holds no earlier attempt's work (a new run
+    directory: the sweep's report lists the job and the reason). A refusal never rewrites an earlier attempt's
+    status (its iteration, its checkpoint are what a corrected rerun continues) nor a past-budget resume's."""
+    previous = run.read_status() or {}
+    if isinstance(err, ResumePastBudget) or previous.get("state") == "completed" or previous.get("iteration"):
+        return
+    total = OmegaConf.select(cfg, "train.iterations", default=0)
+    run.write_status("failed", 0, total if isinstance(total, int) else 0, 0.0, None, str(err))
+
+
+def _run_job_locked(cfg: DictConfig, run: RunDir, group: str, job_num: int, hydra_files: dict[str, str]
+                    ) -> dict | None:
+    run_dir = run.path
     from .metrics.evaluator import Evaluator  # torch-fidelity, pandas: only once a job really runs
     t_start = time.perf_counter()
-    trainer, tracker = None, None
+    trainer, tracker, previous = None, None, run.read_status()
     try:
-        validate(cfg)
+        validate(cfg)  # before anything reads the directory: `resume=no` must not skip or resume
+        parent = finetune.begin(cfg, run)  # a fine-tune: its parent checked, train.iterations set
+        done = completed_run(cfg, run, previous)
+        if done is not None:
+            run.keep_accepted(hydra_files)  # the same run: the rerun's Hydra files may stay
+            log.info("%s is already completed; skipping (delete it or set resume=false to train again)", run_dir)
+            return done
+        run.start_clock(earlier_wall_s(previous) if cfg.resume else 0.0)  # status.json's total_wall_s from here
         distributed.check_config(cfg)
         device = distributed.rank_device(resolve_device(str(cfg.device), job_num))
         refuse_cpu_fallback(cfg, device)  # before start_over: a refused resume=false run deletes nothing
@@ -315,6 +348,7 @@ def _run_job_locked(cfg: DictConfig, run_dir: Path, group: str, job_num: int) ->
         elif parent is not None:
             finetune.start_from_parent(trainer, parent)
             log.info("fine-tuning %s from %s at iteration %d", run_dir, parent.path, trainer.iteration)
+        run.keep_accepted(hydra_files)  # every refusal is behind us: this job's settings are the directory's
         trainer.share_state()  # a multi-process run: every rank continues from rank 0's state
         if resolve_mode(cfg.wandb.mode) != "disabled":
             tracker = trainer.tracker = WandbTracker(cfg, run.path, group=group, job_type=cfg.head.name)
@@ -336,9 +370,7 @@ def _run_job_locked(cfg: DictConfig, run_dir: Path, group: str, job_num: int) ->
             tracker.finish(0)
         raise
     except USER_ERRORS as err:
-        # a refusal never rewrites what the directory holds (ResumePastBudget), nor marks a completed run failed
-        if not isinstance(err, ResumePastBudget) and (run.read_status() or {}).get("state") != "completed":
-            run.write_status("failed", 0, int(cfg.train.iterations), time.perf_counter() - t_start, None, str(err))
+        record_refusal(run, cfg, err)
         raise
     except Diverged as err:
         trainer.status("diverged", reason=str(err))
@@ -347,7 +379,8 @@ def _run_job_locked(cfg: DictConfig, run_dir: Path, group: str, job_num: int) ->
             tracker.finish(1)
         raise
     except BaseException as err:
-        it = trainer.iteration if trainer else 0
+        # before a Trainer resumed, the directory's progress is the earlier attempt's: keep its iteration
+        it = trainer.iteration if trainer else int((previous or {}).get("iteration") or 0)
         reason = f"{type(err).__name__}: {err}"
         run.write_status("failed", it, int(cfg.train.iterations), time.perf_counter() - t_start, None, reason)
         if tracker is not None:
@@ -391,8 +424,11 @@ def main(cfg: DictConfig) -> float | None:
         print(f"{p}: checkpoint written, status 'preempted'; rerun the same command to resume", file=sys.stderr)
         if callable(p.previous_handler):  # e.g. submitit's handler: requeue the job, which then resumes
             p.previous_handler(p.signal, None)
-        if multirun:
-            return None
+        if multirun and not runs_jobs_in_this_process(hc):
+            return None  # this job's process was signalled (a joblib worker, a Slurm job): the others go on
+        if multirun:  # the basic launcher: the signal was for the whole sweep, whose next job would start now
+            print("the sweep stops here; rerun the same command to resume it (completed jobs are skipped)",
+                  file=sys.stderr)
         sys.exit(0)
     except Exception:
         if not multirun:
@@ -406,6 +442,12 @@ def main(cfg: DictConfig) -> float | None:
         if sync:
             print(f"  W&B ran offline; upload it with: {sync}", file=sys.stderr)
     return None if final is None else final.get("fid")
+
+
+def runs_jobs_in_this_process(hc) -> bool:
+    """Whether the sweep's launcher runs its jobs one after another in this process (Hydra's basic launcher),
+    so a signal to this process is a signal to the whole sweep."""
+    return str(OmegaConf.select(hc, "launcher._target_", default="")).endswith("BasicLauncher")
 
 
 def wandb_sync_command(run_dir: Path, mode: str) -> str | None:

@@ -185,6 +185,9 @@ BAD_INPUTS = [
     (["head=concat", "head.stage=0"], "head.stage"),
     (["+head.depth=3"], "head."),
     (["eval.feature_space=inception", "eval.inception_weights=/nonexistent/inception.pth"], "eval.inception_weights"),
+    (["train.iterations=abc"], "train.iterations"),  # its refusal's status line once read it as an int: a traceback
+    (["resume=no"], "resume"),  # the string "no" is truthy: it resumed
+    (["wandb.mode=offlin"], "wandb.mode"),  # wandb's 33-line validation error, after the data had loaded
 ]
 
 
@@ -240,3 +243,64 @@ def test_rerun_multirun_skips_completed_jobs(tmp_path):
     assert r.returncode == 0
     assert (r.stdout + r.stderr).count("already completed") == 2
     assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing retrained
+
+
+def hydra_files(run_dir: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted((run_dir / ".hydra").iterdir())}
+
+
+@pytest.mark.slow
+def test_a_completed_run_rerun_with_other_settings_is_refused_and_keeps_its_settings(tmp_path):
+    """Skipping it would have printed the old FID and let Hydra's rewritten .hydra/ relabel it (the report then
+    showed projection's numbers as concat, seed 5). The same settings, or a changed log cadence, still skip."""
+    run_dir = tmp_path / "run"
+    assert run_cli(*SMOKE, f"hydra.run.dir={run_dir}").returncode == 0
+    settings, status = hydra_files(run_dir), (run_dir / "status.json").read_text()
+    r = run_cli(*SMOKE, "head=concat", "seed=5", f"hydra.run.dir={run_dir}")
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert "holds a completed run trained with another config" in lines[0]
+    assert "head.name: 'projection' -> 'concat'" in lines[0] and "seed: 0 -> 5" in lines[0]
+    assert hydra_files(run_dir) == settings and (run_dir / "status.json").read_text() == status
+    r = run_cli(*SMOKE, "train.log_every=2", f"hydra.run.dir={run_dir}")
+    assert r.returncode == 0 and "already completed" in r.stdout + r.stderr
+    assert "log_every=2" in hydra_files(run_dir)["overrides.yaml"]  # an accepted rerun's settings are kept
+
+
+@pytest.mark.slow
+def test_ctrl_c_checkpoints_and_a_refused_rerun_leaves_the_preempted_run_as_it_was(tmp_path):
+    """SIGINT stops at the next iteration with a checkpoint (status preempted, exit 0, no traceback), as SIGTERM
+    does; a rerun refused for a bad value or another head rewrites neither status.json nor .hydra/; the right
+    command then resumes from the checkpoint."""
+    run_dir = tmp_path / "run"
+    proc = start_cli(*LONG, "train.iterations=2000", f"hydra.run.dir={run_dir}")
+    wait_for_iteration(run_dir, 10, proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "preempted by SIGINT" in err and "Traceback" not in err, err[-2000:]
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "preempted" and status["iteration"] >= 10
+    assert load_checkpoint(run_dir / "checkpoints")["iteration"] == status["iteration"]
+    settings, status_text = hydra_files(run_dir), (run_dir / "status.json").read_text()
+    for bad in (["train.batch_d=-4"], ["head=concat"]):
+        r = run_cli(*LONG, "train.iterations=2000", *bad, f"hydra.run.dir={run_dir}")
+        assert r.returncode == 2, r.stderr[-2000:]
+        assert hydra_files(run_dir) == settings and (run_dir / "status.json").read_text() == status_text
+    r = run_cli(*LONG, "train.iterations=" + str(status["iteration"] + 5), f"hydra.run.dir={run_dir}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"at iteration {status['iteration']}" in r.stdout + r.stderr  # resumed, not started over
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_sweep_that_runs_its_jobs_in_one_process(tmp_path):
+    """Hydra's basic launcher runs the jobs one after another in this process: a signal to it is for the whole
+    sweep, so the preempted job's successor must not start (it did, and the sweep ran to its end)."""
+    sweep = tmp_path / "sweep"
+    proc = start_cli("-m", "head=projection,concat", *LONG, "train.iterations=2000", f"hydra.sweep.dir={sweep}")
+    first = sweep / "0_digits_projection_s0"
+    wait_for_iteration(first, 10, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "the sweep stops here" in err, err[-2000:]
+    assert json.loads((first / "status.json").read_text())["state"] == "preempted"
+    assert not (sweep / "1_digits_concat_s0").exists()

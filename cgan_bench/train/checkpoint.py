@@ -58,9 +58,10 @@ class CheckpointUnreadable(ValueError):
     would silently throw the run away; the user decides (resume=false starts the directory over)."""
 
 
-def load_checkpoint(folder: Path, map_location="cpu") -> dict | None:
+def load_checkpoint(folder: Path, map_location="cpu", mmap: bool = False) -> dict | None:
     """The newest readable checkpoint (last.pt, else previous.pt with a warning), or None if there is none.
-    Raises CheckpointUnreadable if checkpoint files exist but none of them is readable."""
+    Raises CheckpointUnreadable if checkpoint files exist but none of them is readable. `mmap`: tensors stay on
+    disk until read (to look at a checkpoint's config without reading a 128px run's ~1 GB)."""
     folder = Path(folder)
     unreadable = []
     for name in (LAST, PREVIOUS):
@@ -68,7 +69,7 @@ def load_checkpoint(folder: Path, map_location="cpu") -> dict | None:
         if not path.exists():
             continue
         try:
-            state = torch.load(path, map_location=map_location, weights_only=True)
+            state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
         except Exception as e:  # truncated or corrupt file
             unreadable.append(f"{path} ({type(e).__name__})")
             continue

@@ -61,17 +61,12 @@ class Parent:
 def begin(cfg, run: RunDir) -> Parent | None:
     """For a fine-tune (finetune.parent set): check the settings and the parent before anything runs, and set
     train.iterations to the parent's final iteration + finetune.iterations (and eval.every to give
-    finetune.curve_points curve evaluations over the fine-tune). A refusal is recorded in
-    status.json (unless the directory holds a completed run) and raised. None for an ordinary run."""
+    finetune.curve_points curve evaluations over the fine-tune). A refusal (ParentRefused, a ConfigError) is
+    raised; the caller records it (app.record_refusal). None for an ordinary run."""
     if OmegaConf.select(cfg, "finetune.parent") is None:
         return None
-    try:
-        validate(cfg)
-        parent = read_parent(cfg, run.path)
-    except ConfigError as err:
-        if (run.read_status() or {}).get("state") != "completed":
-            run.write_status("failed", 0, int(cfg.train.iterations), 0.0, None, str(err))
-        raise
+    validate(cfg)
+    parent = read_parent(cfg, run.path)
     cfg.train.iterations = parent.iteration + int(cfg.finetune.iterations)
     points = cfg.finetune.get("curve_points")
     if points and cfg.eval.every:  # the fine-tune's own curve (eval.every=0, final only, stays so)

@@ -443,8 +443,8 @@ class Trainer:
 
 
 class Preempted(Exception):
-    """The job received SIGTERM/SIGUSR1/SIGUSR2, wrote a checkpoint and stopped; `previous_handler` (e.g. submitit's
-    requeue) is what the process had installed before training started."""
+    """The job received SIGTERM/SIGUSR1/SIGUSR2/SIGINT, wrote a checkpoint and stopped; `previous_handler` (e.g.
+    submitit's requeue) is what the process had installed before training started."""
 
     def __init__(self, signal_received: signal.Signals, previous_handler):
         super().__init__(f"preempted by {signal_received.name}")
@@ -452,19 +452,24 @@ class Preempted(Exception):
 
 
 class PreemptionSignals:
-    """Record SIGTERM/SIGUSR1/SIGUSR2 during training instead of dying mid-step; restore the old handlers after.
-    Slurm sends SIGTERM on preemption and `--signal` (SIGUSR2 in submitit's sbatch scripts: it avoids SIGUSR1,
-    which NCCL may catch) before the time limit; the handler found installed (submitit's requeue) runs after
-    the checkpoint (app.py)."""
+    """Record SIGTERM/SIGUSR1/SIGUSR2/SIGINT during training instead of dying mid-step; restore the old handlers
+    after. Slurm sends SIGTERM on preemption and `--signal` (SIGUSR2 in submitit's sbatch scripts: it avoids
+    SIGUSR1, which NCCL may catch) before the time limit; the handler found installed (submitit's requeue) runs
+    after the checkpoint (app.py). Ctrl-C (SIGINT) stops the same way, so the iterations since the last
+    checkpoint are kept; a second Ctrl-C before the checkpoint is written interrupts at once (KeyboardInterrupt)."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
     def __init__(self):
         self.signal, self.previous_handler, self._saved = None, None, {}
 
     def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.signal == signal.SIGINT:
+            raise KeyboardInterrupt  # the user insists
         self.signal = signal.Signals(signum)
-        self.previous_handler = self._saved.get(self.signal)
+        previous = self._saved.get(self.signal)
+        # Python's own Ctrl-C handler would raise KeyboardInterrupt after the checkpoint: not a handler to run
+        self.previous_handler = None if previous is signal.default_int_handler else previous
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():

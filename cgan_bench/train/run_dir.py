@@ -79,6 +79,23 @@ class RunDir:
             "wall_s": round(wall_s, 3), "it_per_s": it_per_s, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
             **extra})
 
+    # The Hydra files (.hydra/config.yaml, overrides.yaml, hydra.yaml) of the last job this directory accepted.
+    # Hydra rewrites .hydra/ for every job before the job can refuse; a refused job puts these back, so the
+    # directory (and its report) never shows settings its results were not made with.
+    @property
+    def accepted_file(self) -> Path:
+        return self.path / ".hydra_accepted.json"
+
+    def keep_accepted(self, hydra_files: dict[str, str]) -> None:
+        if hydra_files:
+            atomic_write_json(self.accepted_file, hydra_files)
+
+    def accepted(self) -> dict[str, str]:
+        try:
+            return json.loads(self.accepted_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+
     def read_status(self) -> dict | None:
         try:
             return json.loads(self.status_file.read_text())
