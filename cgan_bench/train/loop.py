@@ -74,7 +74,8 @@ def resume_relevant(cfg) -> dict:
 # a checkpoint without the key resumes when the current value is that one.
 ADDED_KEYS = {"train.compile_mode": "default", "dataset.channels_apart": False, "eval.mode_collapse_fraction": 0.5,
               "head.bias": False,  # head=projection's bias (model.projection_bias, the ImageNet nets)
-              "train.sync_bn": False, "train.joint_d_forward": False}
+              "train.sync_bn": False, "train.joint_d_forward": False,
+              "finetune.curve_points": None}  # a fine-tune from before: eval.every as configured
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
