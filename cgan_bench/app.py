@@ -43,8 +43,10 @@ from .train.samples import save_final_figures
 log = logging.getLogger("cgan_bench")
 USER_ERRORS = (ConfigError, DataMissingError, WeightsMissingError, UnknownHeadError, ResumeConfigMismatch,
                RunDirBusy, CheckpointUnreadable)
-# A run directory that cannot be written: disk full, read-only, no permission, quota (one line, exit code 2).
-WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM}
+# A run directory that cannot be written: disk full, read-only, no permission, quota, a file where a folder of
+# its path should be, a folder that cannot be made (one line, exit code 2).
+WRITE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM, errno.ENOTDIR, errno.ENOENT}
+PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.ENOENT}  # outside the run directory: not ours
 
 
 class CannotWrite(OSError):
@@ -61,8 +63,12 @@ def cannot_write(err: OSError, run_dir: Path, setting: str = "hydra.run.dir") ->
         return None
     path = Path(os.fsdecode(err.filename)) if err.filename else Path(run_dir)
     inside = path.absolute().is_relative_to(Path(run_dir).absolute())
-    if not inside and err.errno in (errno.EACCES, errno.EPERM):
+    if (not inside and err.errno in PATH_ERRNOS) or (err.errno in (errno.ENOTDIR, errno.ENOENT) and not err.filename):
         return None
+    if err.errno in (errno.ENOTDIR, errno.ENOENT):  # the path itself: a file in it, a folder that cannot be made
+        what = ("a file stands where its path needs a folder" if err.errno == errno.ENOTDIR
+                else "its folder cannot be made")
+        return CannotWrite(err.errno, f"cannot write {path}: {what}; choose another {setting}")
     fix = "free space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "make it writable"
     advice = f"{fix} or choose another {setting}" if inside else fix
     return CannotWrite(err.errno, f"cannot write {path}: {err.strerror or os.strerror(err.errno)} ({advice})")

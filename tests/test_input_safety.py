@@ -215,6 +215,10 @@ def test_write_errors_name_the_path_and_reads_elsewhere_are_left_alone(tmp_path)
     assert str(ro).startswith(f"cannot write {run / 'status.json'}: Read-only file system")
     assert cannot_write(OSError(errno.EACCES, "Permission denied", "/data/cat/1.png"), run) is None
     assert cannot_write(OSError(errno.ENOENT, "No such file or directory"), run) is None
+    assert cannot_write(OSError(errno.ENOENT, "No such file or directory", "/data/cat/1.png"), run) is None
+    in_a_file = cannot_write(OSError(errno.ENOTDIR, "Not a directory", str(run / "status.json")), run)
+    assert str(in_a_file) == f"cannot write {run / 'status.json'}: a file stands where its path needs a folder; " \
+        "choose another hydra.run.dir"
 
 
 # ---- end to end: exit code 2, one line on stderr, no training ----------------------------------------------
@@ -237,6 +241,8 @@ def bad_folder(tmp_path: Path, case: str) -> list[str]:
         (root / "green").mkdir()
     elif case == "one_class":
         root = make_folder(tmp_path / "one", colours={"red": (255, 0, 0)})
+    elif case == "missing":
+        root = tmp_path / "no_such_folder"
     return ["dataset=imagefolder", f"dataset.path={root}", "dataset.resolution=16", "model=small"]
 
 
@@ -248,6 +254,8 @@ CLI_CASES = [
     (["FOLDER:corrupt"], ["corrupt.png", "dataset.skip_bad_files=true"]),
     (["FOLDER:empty_class"], ["green", "remove the folder or fill it"]),
     (["FOLDER:one_class"], ["at least 2 classes"]),
+    (["FOLDER:missing"], ["dataset.path=", "does not exist"]),
+    (["RUN_IN_A_FILE"], ["a file stands where its path needs a folder", "hydra.run.dir"]),  # was a traceback
 ]
 
 
@@ -256,9 +264,12 @@ CLI_CASES = [
 def test_cli_refuses_before_training_with_one_line(overrides, needles, tmp_path):
     args = [a for o in overrides for a in (bad_folder(tmp_path, o.split(":")[1]) if o.startswith("FOLDER:") else [o])]
     run = tmp_path / "run"
+    if args == ["RUN_IN_A_FILE"]:
+        (tmp_path / "notes.txt").write_text("a file")
+        args, run = [], tmp_path / "notes.txt" / "run"
     r = run_cli(*SMOKE, *args, f"hydra.run.dir={run}")
     assert_refused(r, *needles)
-    assert not (run / "checkpoints").exists()
+    assert not (run / "checkpoints").exists() if run.parent.is_dir() else (tmp_path / "notes.txt").is_file()
 
 
 @pytest.mark.slow

@@ -81,6 +81,9 @@ def _train_val_layout(root: Path) -> bool:
 
 
 def _checked_scan(root: Path) -> "_Scan":
+    if not root.is_dir():  # a typo in the path: say so, not "no class sub-folders"
+        raise DataMissingError(f"dataset.path={root} {'is a file' if root.exists() else 'does not exist'}; give "
+                               f"the folder that holds one sub-folder of png/jpg images per class")
     scan = _scan(root)
     if not scan.classes:
         raise DataMissingError(f"dataset.path={root} has no class sub-folders; put each class's png/jpg images "
