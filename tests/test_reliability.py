@@ -254,8 +254,9 @@ def test_a_completed_run_rerun_with_other_settings_is_refused_and_keeps_its_sett
     """Skipping it would have printed the old FID and let Hydra's rewritten .hydra/ relabel it (the report then
     showed projection's numbers as concat, seed 5). The same settings, or a changed log cadence, still skip."""
     run_dir = tmp_path / "run"
-    assert run_cli(*SMOKE, f"hydra.run.dir={run_dir}").returncode == 0
+    assert run_cli(*SMOKE, f"hydra.run.dir={run_dir}", env={"OMP_NUM_THREADS": "1"}).returncode == 0
     settings, status = hydra_files(run_dir), (run_dir / "status.json").read_text()
+    assert json.loads(status)["cpu_threads"] == 1  # CPU numbers reproduce only with the same thread count
     r = run_cli(*SMOKE, "head=concat", "seed=5", f"hydra.run.dir={run_dir}")
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]

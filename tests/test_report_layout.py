@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -319,3 +320,12 @@ def test_report_command_refuses_a_folder_without_run_directories(tmp_path):
     (failed / "0_digits_projection_s0" / "metrics.jsonl").write_text("")
     assert main([str(failed)]) == 0
     assert "Runs: 0 completed of 1 found" in (failed / "report" / "report.md").read_text()
+
+
+def test_the_protocol_names_training_threads_on_a_cpu_where_recorded():
+    from cgan_bench.report.tables import device_label
+    g = pd.DataFrame({"device": ["cpu", "cpu"], "cpu_threads": [2, 2]})
+    assert device_label(g) == "cpu (training: 2 threads)"
+    assert device_label(g.assign(cpu_threads=[1, 2])) == "cpu (training: 1, 2 threads)"  # mixed: both shown
+    assert device_label(pd.DataFrame({"device": ["cuda:0"], "cpu_threads": [None]})) == "cuda:0"
+    assert device_label(pd.DataFrame({"device": ["cpu"]})) == "cpu"  # runs from before it was recorded

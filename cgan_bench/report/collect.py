@@ -70,6 +70,7 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
            # bf16 changes numbers; the metric `precision` is P/R. status.json holds the resolved choice (auto ->
            # fp32/bf16); runs from before it was recorded fall back to the configured value.
            "train_precision": status.get("train_precision") or train.get("precision", "fp32"),
+           "cpu_threads": status.get("cpu_threads"),  # training's torch threads on a CPU (None: GPU, or not recorded)
            "model_g_ch": (cfg.get("model") or {}).get("g_ch"), "model_d_ch": (cfg.get("model") or {}).get("d_ch"),
            "resolution": (cfg.get("dataset") or {}).get("resolution"),
            "val_fraction": (cfg.get("dataset") or {}).get("val_fraction"), "path": str(run_dir)}

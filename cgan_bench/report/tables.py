@@ -383,14 +383,15 @@ def protocol_card(done: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
             "held-out split (classifier acc., mode ceiling)": held_out_label(g),
             "real split (FID/KID/PR)": first["real_split"],
             "n real": _unique_int(g["n_real"]), "n fake (FID/KID/PR)": _unique_int(g["n_fake"]),
-            "n generated (IS, per class)": _unique_int(g["n_generated"]), "IS splits": _unique_int(g["isc_splits"]),
+            "n generated (IS and per-class metrics, all classes)": _unique_int(g["n_generated"]),
+            "IS splits": _unique_int(g["isc_splits"]),
             "iterations": _unique_int(g["total_iterations"]), "n_dis": _unique_int(g["n_dis"]),
             "batch D/G": f"{_unique_int(g['batch_d'])}/{_unique_int(g['batch_g'])}",
             "Adam lr, betas": f"{_unique(g['lr'])}, ({_unique(g['beta1'])}, {_unique(g['beta2'])})",
             "G/D channels": f"{_unique_int(g['model_g_ch'])}/{_unique_int(g['model_d_ch'])}",
             "training precision": _unique(g.get("train_precision", pd.Series(dtype=str))),
             "resolution": _unique_int(g["resolution"]), "seeds": _unique_int(g["seed"]),
-            "device": _unique(g.get("device", pd.Series(dtype=str))),
+            "device": device_label(g),
             "software": _unique(g.get("software", pd.Series(dtype=str))),
         }
         intra = _unique(g.get("intra_fid_protocol", pd.Series(dtype=str)))
@@ -407,6 +408,14 @@ def protocol_card(done: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     card = pd.DataFrame(columns)
     card.index.name = "setting"
     return card.reset_index()
+
+
+def device_label(g: pd.DataFrame) -> str:
+    """The evaluation's device, with training's torch thread count on a CPU where recorded: CPU results
+    reproduce bit for bit only with the same kind of CPU and the same thread count."""
+    device = _unique(g.get("device", pd.Series(dtype=str)))
+    threads = g.get("cpu_threads", pd.Series(dtype=float)).dropna()
+    return f"{device} (training: {_unique_int(threads)} threads)" if len(threads) else device
 
 
 def held_out_label(g: pd.DataFrame) -> str:

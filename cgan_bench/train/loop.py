@@ -383,9 +383,11 @@ class Trainer:
         rate = self.train_it_per_s
         if start_it is not None and self.iteration > start_it:
             rate = (self.iteration - start_it) / max(time.perf_counter() - t0, 1e-9)
+        # a CPU's thread count changes the reduction order, so bf16 (and fp32) numbers reproduce only with it
+        threads = {"cpu_threads": torch.get_num_threads()} if self.device.type == "cpu" else {}
         self.run.write_status(state, self.iteration, self.cfg.train.iterations, self.wall_s,
                               None if rate is None else round(rate, 3), reason, train_precision=self.precision,
-                              **self.status_extra)
+                              **threads, **self.status_extra)
 
     def fit(self) -> None:
         """Train until `train.iterations`; SIGTERM/SIGUSR1/SIGUSR2 (Slurm, submitit) checkpoint and stop cleanly."""
