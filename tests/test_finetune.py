@@ -246,3 +246,16 @@ def test_curve_points_that_are_not_a_positive_integer_are_refused(points):
     with pytest.raises(ConfigError, match=r"finetune.curve_points=.* is not allowed: null \(= keep eval.every\)"):
         validate(make_cfg(f"finetune.curve_points={points}"))
     validate(make_cfg(f"finetune.iterations={FT_IT}", f"finetune.curve_points={FT_IT + 5}"))  # one every iteration
+
+
+def test_a_fine_tune_with_another_train_recipe_than_its_parent_says_so(family, tmp_path, caplog):
+    """Allowed (a deliberate choice is possible) but never silent: a smoke parent fine-tuned under train=quick
+    would switch batch, n_dis and precision without a word."""
+    parent, _ = family
+    with caplog.at_level("WARNING", logger="cgan_bench"):
+        read_parent(make_cfg(f"finetune.parent={parent}"), tmp_path / "same")
+    assert "other train settings" not in caplog.text  # the parent's own recipe: no warning
+    with caplog.at_level("WARNING", logger="cgan_bench"):
+        read_parent(make_cfg(f"finetune.parent={parent}", "train.n_dis=3", "train.batch_d=32"), tmp_path / "other")
+    warned = [r.getMessage() for r in caplog.records if "other train settings" in r.getMessage()]
+    assert len(warned) == 1 and "train.n_dis: 1 -> 3" in warned[0] and "train.batch_d: 16 -> 32" in warned[0]

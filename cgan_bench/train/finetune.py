@@ -26,6 +26,7 @@ The classifier (`finetune.classifier`):
   (G's output) and returns logits (N, n_classes).
 """
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,8 @@ from .checkpoint import CheckpointUnreadable, load_checkpoint
 from .cuda_graph import learning_rates_as
 from .loop import Trainer, config_differences, linear_decay, resume_relevant
 from .run_dir import RunDir
+
+log = logging.getLogger("cgan_bench")
 
 INDEPENDENT_SEED = 1  # the evaluation's domain classifier is trained with seed 0
 IDENTITY = ("dataset.", "model.", "head.")  # what the child must build exactly as the parent did
@@ -74,6 +77,11 @@ def begin(cfg, run: RunDir) -> Parent | None:
     return parent
 
 
+def recipe(cfg) -> dict:
+    """The flattened train.* settings a resume would compare (budgets and logging cadence left out)."""
+    return {k: v for k, v in resume_relevant(cfg).items() if k.startswith("train.")}
+
+
 def identity(cfg) -> dict:
     """The flattened dataset/model/head settings (those that may differ on resume left out, e.g. dataset.root)."""
     return {k: v for k, v in resume_relevant(cfg).items() if k.startswith(IDENTITY)}
@@ -101,10 +109,16 @@ def read_parent(cfg, child_dir: Path) -> Parent:
                             f"parent's command to finish it first")
     config_file = path / ".hydra" / "config.yaml"
     try:
-        differences = config_differences(identity(OmegaConf.load(config_file)), identity(cfg))
+        parent_cfg = OmegaConf.load(config_file)
+        differences = config_differences(identity(parent_cfg), identity(cfg))
+        other_recipe = config_differences(recipe(parent_cfg), recipe(cfg))
     except Exception as err:  # missing, not YAML, an interpolation that does not resolve
         raise ParentRefused(f"{where}: cannot read its config {config_file} ({type(err).__name__}); the parent "
                             f"must be a run directory of this harness") from None
+    if other_recipe:  # allowed (a deliberate choice is possible), but never silent: the batch, n_dis, precision...
+        log.warning("%s: this fine-tune trains with other train settings than its parent did (parent -> this "
+                    "job: %s); give it the parent's train=... to continue the parent's recipe", where,
+                    "; ".join(other_recipe))
     if differences:
         raise ParentRefused(f"{where} was trained with another dataset/model/head than this job builds (parent -> "
                             f"this job: {'; '.join(differences)}); give this job the parent's settings (e.g. "
