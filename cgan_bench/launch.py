@@ -27,11 +27,14 @@ The launcher class Hydra instantiates is in hydra_plugins/cgan_bench_launcher (H
 from the `hydra_plugins` namespace); register_launchers (called by app.cli) replaces the plugin's `joblib`
 entry in Hydra's config store, so `hydra/launcher=joblib` (same keys as the plugin's) runs it.
 """
+import contextlib
 import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from concurrent.futures.process import BrokenProcessPool
@@ -129,22 +132,56 @@ def watch_pool_kills(seen: dict):
         loky.kill_process_tree = real_kill
 
 
+STOP = "stop"  # in the marker folder: the sweep was signalled; a job not started yet stays so
+
+
 def job_in_worker(job: int, marker_dir: str, *args):
-    """Runs in a joblib worker: Hydra's execute_job, with the worker's pid in `marker_dir/<job>` meanwhile."""
+    """Runs in a joblib worker: Hydra's execute_job, with the worker's pid in `marker_dir/<job>` meanwhile;
+    (job, None) without running it where the sweep was signalled (forward_signals)."""
     marker = Path(marker_dir) / str(job)
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(str(os.getpid()))
     os.replace(tmp, marker)
     try:
+        if (Path(marker_dir) / STOP).exists():  # checked after the marker: a signal now reaches this pid
+            return job, None
         return job, joblib_core.execute_job(job, *args)
     finally:
         marker.unlink(missing_ok=True)
 
 
+@contextmanager
+def forward_signals(marker_dir: Path, received: list):
+    """SIGTERM or Ctrl-C to the sweep's process while a round runs: the running jobs' workers get SIGTERM (they
+    checkpoint and stop as `preempted`, train/loop.py), jobs not started yet are not started, and the signal is
+    appended to `received`. Without it the workers, loky processes of their own, ran on as orphans after the
+    launcher died. A second Ctrl-C interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame):
+        if signum == signal.SIGINT and signal.SIGINT in received:
+            raise KeyboardInterrupt
+        received.append(signal.Signals(signum))
+        (marker_dir / STOP).touch()
+        for pid in read_markers(marker_dir).values():
+            if pid:  # SIGTERM, not the signal itself: Ctrl-C reached the workers already, and twice interrupts
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+
+    saved = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 def read_markers(marker_dir: Path) -> dict[int, int | None]:
     running = {}
     for marker in marker_dir.iterdir():
-        if marker.suffix == ".tmp":
+        if marker.suffix == ".tmp" or marker.name == STOP:
             continue
         try:
             running[int(marker.name)] = int(marker.read_text())
@@ -198,7 +235,12 @@ class SurvivingJoblibLauncher(JoblibLauncher):
             todo = {j: o for j, o in jobs.items() if j not in returns}
             if not todo:
                 break
-            broken = self.run_round(todo, returns)
+            received: list = []
+            broken = self.run_round(todo, returns, received)
+            if received:  # the sweep was signalled: its running jobs were preempted, the others not started
+                print(f"preempted by {received[0].name}: the sweep stops here; rerun the same command to resume it "
+                      f"(completed jobs are skipped)", file=sys.stderr)
+                sys.exit(0)
             if broken is None:
                 continue
             verdict = judge(broken, deaths)
@@ -216,8 +258,10 @@ class SurvivingJoblibLauncher(JoblibLauncher):
             returns[job] = self.failed_return(job, jobs[job])
         return [returns[j] for j in sorted(jobs)]
 
-    def run_round(self, todo: dict[int, list[str]], returns: dict[int, JobReturn]) -> BrokenPool | None:
-        """Run `todo` with joblib, filling `returns`; a BrokenPool if a worker died, else None."""
+    def run_round(self, todo: dict[int, list[str]], returns: dict[int, JobReturn], received: list
+                  ) -> BrokenPool | None:
+        """Run `todo` with joblib, filling `returns`; a BrokenPool if a worker died, else None. A signal to this
+        process stops the round (forward_signals) and is appended to `received`."""
         joblib_cfg = dict(self.joblib)
         joblib_cfg["backend"] = "loky"  # as Hydra's launcher: the threading backend is incompatible with Hydra
         joblib_core.process_joblib_cfg(joblib_cfg)
@@ -226,14 +270,15 @@ class SurvivingJoblibLauncher(JoblibLauncher):
         seen: dict[int, int | None] = {}
         singleton_state = Singleton.get_state()
         try:
-            with watch_pool_kills(seen) as watching:
+            with watch_pool_kills(seen) as watching, forward_signals(marker_dir, received):
                 try:
                     results = Parallel(**joblib_cfg, return_as="generator_unordered")(
                         delayed(job_in_worker)(job, str(marker_dir), overrides, self.hydra_context, self.config,
                                                self.task_function, singleton_state)
                         for job, overrides in todo.items())
                     for job, ret in results:
-                        returns[job] = ret
+                        if ret is not None:  # None: not started, the sweep was signalled
+                            returns[job] = ret
                     return None
                 except BrokenProcessPool as err:
                     running = read_markers(marker_dir)

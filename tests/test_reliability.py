@@ -305,3 +305,27 @@ def test_sigterm_stops_a_sweep_that_runs_its_jobs_in_one_process(tmp_path):
     assert proc.returncode == 0 and "the sweep stops here" in err, err[-2000:]
     assert json.loads((first / "status.json").read_text())["state"] == "preempted"
     assert not (sweep / "1_digits_concat_s0").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_joblib_sweep_preempts_its_workers_and_starts_nothing_more(tmp_path):
+    """The workers are processes of their own: with the launcher killed they ran on as orphans, writing their run
+    directories. Now they get SIGTERM (checkpoint, `preempted`), the queued job never starts, and the sweep's
+    process exits 0 with one line; no process holds a run directory's lock afterwards."""
+    from cgan_bench.train.run_lock import RunDirLock
+    sweep = tmp_path / "sweep"
+    proc = start_cli("-m", "head=projection,concat,acgan", *LONG, "train.iterations=2000", "hydra/launcher=joblib",
+                     "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}")
+    running = [sweep / "0_digits_projection_s0", sweep / "1_digits_concat_s0"]
+    for run_dir in running:
+        wait_for_iteration(run_dir, 10, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0 and "preempted by SIGTERM: the sweep stops here" in err, err[-3000:]
+    for run_dir in running:
+        status = json.loads((run_dir / "status.json").read_text())
+        assert status["state"] == "preempted", status
+        assert load_checkpoint(run_dir / "checkpoints")["iteration"] == status["iteration"]
+        with RunDirLock(run_dir):  # taken at once: no worker still holds it
+            pass
+    assert not (sweep / "2_digits_acgan_s0" / "status.json").exists()
