@@ -292,7 +292,10 @@ def completed_run(cfg: DictConfig, run: RunDir, previous: dict | None) -> dict |
     finals = [r for r in run.metrics() if r.get("phase") == "final"]
     if not finals:
         return None
-    state = load_checkpoint(run.checkpoints, mmap=True)  # its config only; None where checkpoints were deleted
+    try:  # its config only; None where the checkpoints were deleted
+        state = load_checkpoint(run.checkpoints, mmap=True)
+    except CheckpointUnreadable:  # a finished run needs none to be skipped; its settings cannot be checked then
+        state = None
     changed = config_differences(state.get("config", {}), resume_relevant(cfg)) if state else []
     if changed:
         raise ResumeConfigMismatch(
