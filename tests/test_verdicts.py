@@ -263,3 +263,16 @@ def test_identical_differences_over_three_seeds_give_no_verdict():
     assert row["pairs"] == 3 and row["difference"] == pytest.approx(-3.0)
     assert row["p_holm"] == pytest.approx(sign_flip_p([-3.0] * 3)) == pytest.approx(0.25)
     assert row["verdict"] == "no clear difference"
+
+
+def test_a_significant_fid_difference_below_the_noise_floor_says_so():
+    """The floor section says differences below it are not evidence; a verdict must not read as plain evidence
+    then. Above the floor, or for a metric without a real-vs-real floor, the verdict is unqualified."""
+    fids = {"projection": [40.0, 42.0, 41.0, 43.0], "concat": [41.1, 43.0, 42.2, 44.0]}  # ~1.1 worse, every seed
+    done = frame(fids, "fid").assign(floor_fid=10.42)
+    row = paired_vs_projection(done, metrics=("fid",)).iloc[0]
+    d = np.array(fids["concat"]) - np.array(fids["projection"])
+    assert row["p_holm"] == pytest.approx(stats.ttest_1samp(d, 0).pvalue) and row["p_holm"] < 0.05
+    assert row["verdict"] == "worse than projection (by less than the real-vs-real floor)"
+    assert paired_vs_projection(done.assign(floor_fid=0.5), metrics=("fid",)).iloc[0]["verdict"] == \
+        "worse than projection"

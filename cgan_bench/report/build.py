@@ -124,7 +124,9 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
               "differences are equal, zero variance, the exact sign-flip test's 2 / 2^n instead), the interval "
               "[ci_low, ci_high] is the simultaneous 95% (Bonferroni) interval, `effect_dz` the mean difference "
               "over the differences' std. `reference`: the real-vs-real noise floor (FID, intra-FID, KID) or the "
-              "real ceiling (modes, KL). A verdict other than \"no clear difference\" needs p_holm < 0.05.", "",
+              "real ceiling (modes, KL). A verdict other than \"no clear difference\" needs p_holm < 0.05; on "
+              "FID and intra-FID it adds \"by less than the real-vs-real floor\" where the difference is smaller "
+              "than the floor (consistent over seeds, but within what two halves of the real data differ by).", "",
               _md(tables.format_paired(paired))]
 
     lines += ["## Figures", ""]

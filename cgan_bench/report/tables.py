@@ -286,7 +286,8 @@ def paired_vs_projection(done: pd.DataFrame, metrics=tuple(VERDICT_METRICS)) -> 
                 rows.append({"dataset": column, "metric": LABELS[m], "head": head, "pairs": n,
                              "difference": mean, "ci_low": mean - half, "ci_high": mean + half,
                              "p_holm": adjusted, "effect_dz": mean / sd if sd and sd > 0 else float("nan"),
-                             "reference": reference, "verdict": _verdict(m, mean, adjusted, n), "_metric": m})
+                             "reference": reference, "verdict": _verdict(m, mean, adjusted, n, reference),
+                             "_metric": m})
     return pd.DataFrame(rows)
 
 
@@ -347,13 +348,21 @@ def _constant_p(n: int, n_b: int | None = None) -> float:
     return min(1.0, reach / math.comb(n + n_b, n))
 
 
-def _verdict(metric: str, mean: float, p_holm: float, n: int) -> str:
+FLOOR_QUALIFIED = ("fid", "intra_fid_mean")  # biased distances whose real-vs-real value is their noise floor
+
+
+def _verdict(metric: str, mean: float, p_holm: float, n: int, reference: float = float("nan")) -> str:
+    """The paired test's verdict; for FID and intra-FID a significant difference smaller than the real-vs-real
+    floor says so (consistent across seeds, but within what two halves of the real data differ by)."""
     if n < 2 or math.isnan(p_holm):
         return "one seed: no test"
     if p_holm >= ALPHA:
         return "no clear difference"
     better = (mean > 0) == (metric in HIGHER_BETTER)
-    return "better than projection" if better else "worse than projection"
+    verdict = "better than projection" if better else "worse than projection"
+    if metric in FLOOR_QUALIFIED and not math.isnan(reference) and abs(mean) < reference:
+        verdict += " (by less than the real-vs-real floor)"
+    return verdict
 
 
 def status_table(runs: pd.DataFrame) -> pd.DataFrame:
