@@ -34,7 +34,7 @@ from .train import distributed, finetune
 from .train.cuda_graph import check_supported as check_graph_supported
 from .train.checkpoint import CheckpointUnreadable, load_best, load_checkpoint
 from .train.loop import (Diverged, Preempted, PreemptionSignals, ResumeConfigMismatch, ResumePastBudget, Trainer,
-                         config_differences, resume_relevant)
+                         refuse_other_config)
 from .train.precision import resolve_precision
 from .train.run_dir import RunDir, earlier_wall_s
 from .train.run_lock import RunDirBusy, RunDirLock
@@ -296,11 +296,9 @@ def completed_run(cfg: DictConfig, run: RunDir, previous: dict | None) -> dict |
         state = load_checkpoint(run.checkpoints, mmap=True)
     except CheckpointUnreadable:  # a finished run needs none to be skipped; its settings cannot be checked then
         state = None
-    changed = config_differences(state.get("config", {}), resume_relevant(cfg)) if state else []
-    if changed:
-        raise ResumeConfigMismatch(
-            f"{run.path} holds a completed run trained with another config ({'; '.join(changed)}); choose another "
-            f"hydra.run.dir (or hydra.sweep.dir), or rerun with resume=false to train this directory again")
+    if state is not None:
+        refuse_other_config(state, cfg, f"{run.path} holds a completed run", "choose another hydra.run.dir (or "
+                            "hydra.sweep.dir), or rerun with resume=false to train this directory again")
     return finals[-1]
 
 

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from ..config import ConfigError, validate
+from ..config import ConfigError
 from ..data import ImageData
 from ..metrics.classifier import load_or_train_classifier
 from .checkpoint import CheckpointUnreadable, load_checkpoint
@@ -64,11 +64,11 @@ class Parent:
 def begin(cfg, run: RunDir) -> Parent | None:
     """For a fine-tune (finetune.parent set): check the settings and the parent before anything runs, and set
     train.iterations to the parent's final iteration + finetune.iterations (and eval.every to give
-    finetune.curve_points curve evaluations over the fine-tune). A refusal (ParentRefused, a ConfigError) is
-    raised; the caller records it (app.record_refusal). None for an ordinary run."""
+    finetune.curve_points curve evaluations over the fine-tune). Called after config.validate; a refusal
+    (ParentRefused, a ConfigError) is raised and the caller records it (app.record_refusal). None for an
+    ordinary run."""
     if OmegaConf.select(cfg, "finetune.parent") is None:
         return None
-    validate(cfg)
     parent = read_parent(cfg, run.path)
     cfg.train.iterations = parent.iteration + int(cfg.finetune.iterations)
     points = cfg.finetune.get("curve_points")

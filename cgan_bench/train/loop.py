@@ -85,6 +85,14 @@ def config_differences(saved: dict, current: dict) -> list[str]:
             if saved.get(k, "<unset>") != current.get(k, "<unset>")]
 
 
+def refuse_other_config(state: dict, cfg, what: str, fix: str) -> None:
+    """ResumeConfigMismatch naming the differing keys where the checkpoint `state` was trained with other
+    settings than `cfg` (keys free to change on resume left out): `what` holds it, `fix` says what to do."""
+    changed = config_differences(state.get("config", {}), resume_relevant(cfg))
+    if changed:
+        raise ResumeConfigMismatch(f"{what} trained with another config ({'; '.join(changed)}); {fix}")
+
+
 def build_models(cfg, n_classes: int, device) -> tuple[Generator, Discriminator]:
     """G and D of cfg.model at dataset.resolution; g_mult/d_mult/d_down (ImageNet models) widen the trunks."""
     resolution, m = cfg.dataset.resolution, cfg.model
@@ -216,11 +224,8 @@ class Trainer:
         if state is None:  # starting at 0: lines an attempt killed before its first checkpoint logged are stale
             self.run.drop_metrics_after(0)
             return False
-        changed = config_differences(state.get("config", {}), resume_relevant(self.cfg))
-        if changed:
-            raise ResumeConfigMismatch(
-                f"{self.run.path} holds a checkpoint trained with another config ({'; '.join(changed)}); rerun "
-                f"with resume=false to start this directory over, or choose another hydra.run.dir")
+        refuse_other_config(state, self.cfg, f"{self.run.path} holds a checkpoint",
+                            "rerun with resume=false to start this directory over, or choose another hydra.run.dir")
         if state["iteration"] > self.cfg.train.iterations:
             raise ResumePastBudget(
                 f"{self.run.path} holds a checkpoint at iteration {state['iteration']}, past "
