@@ -29,6 +29,7 @@ from .data import DataMissingError, load_dataset
 from .heads import UnknownHeadError
 from .io import atomic_write_text
 from .metrics.feature_space import WeightsMissingError, make_feature_space
+from .metrics.kid_error import kid_unit
 from .tracking import WandbTracker, resolve_mode
 from .train import distributed, finetune
 from .train.cuda_graph import check_supported as check_graph_supported
@@ -466,11 +467,13 @@ def wandb_sync_command(run_dir: Path, mode: str) -> str | None:
 
 def final_summary(r: dict, run_dir: Path) -> str:
     """The final evaluation in a few lines (stderr, beside the progress bar), each number with its yardstick."""
+    kid_scale, kid_label = kid_unit(r["feature_space"])
     lines = [f"final evaluation at iteration {r['iteration']} ({r['feature_space']} space, {r['n_generated']} "
              f"generated, FID on {r['n_real']} real vs {r['n_fake']} generated):",
              f"  FID {r['fid']:.2f} (real vs real {r.get('floor_fid', float('nan')):.2f}) | intra-FID "
              f"{r['intra_fid_mean']:.2f} (real vs real {r.get('floor_intra_fid_mean', float('nan')):.2f}) | "
-             f"KID x10^3 {1e3 * r['kid_mean']:.2f} ± {1e3 * r.get('kid_sem', float('nan')):.2f} | IS {r['is_mean']:.3f}",
+             f"{kid_label} {kid_scale * r['kid_mean']:.2f} ± {kid_scale * r.get('kid_se', float('nan')):.2f} (s.e.) | "
+             f"IS {r['is_mean']:.3f}",
              f"  class accuracy {r['class_accuracy']:.3f} | precision {r['precision']:.3f} recall {r['recall']:.3f} | "
              f"density {r.get('density', float('nan')):.3f} coverage {r.get('coverage', float('nan')):.3f} | "
              f"collapsed classes {r['collapsed_classes']}"]

@@ -82,7 +82,7 @@ def test_resume_continues_at_the_saved_iteration(tmp_path):
 
 
 DESIGN_METRICS = ["is_mean", "is_std", "fid", "kid_mean", "kid_std", "precision", "recall", "intra_fid_mean",
-                  "diversity_ratio_mean", "class_accuracy", "collapsed_classes", "kid_sem", "density", "coverage",
+                  "diversity_ratio_mean", "class_accuracy", "collapsed_classes", "kid_se", "density", "coverage",
                   "class_coverage_mean", "near_duplicate_rate_mean", "floor_fid", "floor_intra_fid_mean",
                   "floor_kid_mean"]
 PROTOCOL_FIELDS = ["feature_space", "n_fake", "n_real", "real_split", "isc_splits"]

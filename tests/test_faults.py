@@ -4,6 +4,7 @@ Each fault is provoked; the tests check the exit code, the one stderr line, stat
 result was lost."""
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -77,22 +78,32 @@ def test_complete_cache_entries_are_read_without_the_lock(tmp_path, digits, monk
         load_or_compute_noise_floor(space, train, ref, len(train), 50, 1000, str(cache))
 
 
-def test_a_floor_cached_with_a_kid_subset_size_it_did_not_use_is_rebuilt(tmp_path, digits):
-    """Floors cached before the KID subset size could differ from the requested one were named by the
-    requested size; where the halves are smaller than it, such a file (all subsets one pair) is not reused."""
+def test_a_floor_cached_under_an_earlier_sizing_rule_is_rebuilt(tmp_path, digits):
+    """Floors were named by the requested sizes, and where real + fake did not fit the split both halves were
+    taken (718 vs 719 digits for a 100-image fake side, KID subsets of 359). Now the name carries the sizes used
+    (1337 real vs the protocol's 100 fake, KID subsets of all 100), so such a file is never read as today's."""
     cache = tmp_path / "cache"
-    built = build_caches(cache, digits)  # 1437 digits for 100 + 1000: halves of 718/719, KID subsets of 359
-    assert built["floor"]["floor_kid_subset_size"] == 359 and built["floor_file"].name.endswith("-k359.json")
-    stale = built["floor_file"].with_name(built["floor_file"].name.replace("-k359.json", "-k1000.json"))
-    stale.write_text(json.dumps({**built["floor"], "floor_kid_mean": -11.59, "floor_kid_sem": 0.00026}))
+    built = build_caches(cache, digits)  # 1437 digits, n_real all, n_fake 100
+    assert (built["floor"]["floor_n_a"], built["floor"]["floor_n_b"]) == (1337, 100)
+    assert built["floor"]["floor_kid_subset_size"] == 100 and built["floor_file"].name.endswith("-r1337-f100-k100.json")
+    stale = built["floor_file"].with_name(built["floor_file"].name.replace("-r1337-f100-k100.json", "-r1437-f100-k359.json"))
+    stale.write_text(json.dumps({**built["floor"], "floor_fid": 1.0, "floor_n_a": 718, "floor_n_b": 719}))
     built["floor_file"].unlink()
     space, (train, _) = built["space"], digits
     floor = load_or_compute_noise_floor(space, train, built["ref"], len(train), 100, 1000, str(cache))
     assert floor == built["floor"] and built["floor_file"].exists()
-    # a floor file from before the key was recorded, at a size that never changed, is kept and completed
+    # a floor file from before the subset size was recorded, at sizes that never changed, is kept and completed
     legacy = {k: v for k, v in built["floor"].items() if k != "floor_kid_subset_size"}
     built["floor_file"].write_text(json.dumps(legacy))
     assert load_or_compute_noise_floor(space, train, built["ref"], len(train), 100, 1000, str(cache)) == built["floor"]
+    # one from before floor_kid_se: its spread recovered from floor_kid_sem; its subsets held the whole fake side,
+    # so the old spread cannot give the error: left out, never the old (too small) number
+    old = {k: v for k, v in built["floor"].items() if k not in ("floor_kid_se", "floor_kid_std")}
+    built["floor_file"].write_text(json.dumps({**old, "floor_kid_sem": built["floor"]["floor_kid_std"] / 10}))
+    read = load_or_compute_noise_floor(space, train, built["ref"], len(train), 100, 1000, str(cache))
+    assert read["floor_kid_std"] == pytest.approx(built["floor"]["floor_kid_std"]) and math.isnan(read["floor_kid_se"])
+    assert built["floor"]["floor_kid_se"] > 0
+
 
 def test_corrupt_cache_entries_are_named_moved_aside_and_rebuilt(tmp_path, digits, caplog):
     cache = tmp_path / "cache"

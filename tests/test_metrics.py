@@ -49,7 +49,31 @@ def test_noise_floor_kid_on_halved_data_resamples_and_records_its_subset_size():
     order = torch.randperm(101, generator=torch.Generator().manual_seed(2021))
     want_mean, want_std = np_kid(features[order[50:]].numpy(), features[order[:50]].numpy(), 25)
     assert floor["floor_kid_mean"] == pytest.approx(want_mean, rel=1e-6)
-    assert floor["floor_kid_sem"] == pytest.approx(want_std / 10, rel=1e-6) and floor["floor_kid_sem"] > 0
+    assert floor["floor_kid_std"] == pytest.approx(want_std, rel=1e-6) and want_std > 0
+    # subsets of 25 of 50 and 51 resample both halves: the error is that spread x sqrt(max(25/25, 25/26) + 1/100)
+    assert floor["floor_kid_se"] == pytest.approx(want_std * np.sqrt(1 + 0.01), rel=1e-6)
+
+
+def test_a_tiny_protocol_fake_side_keeps_its_size_in_the_noise_floor():
+    """FID's bias grows fast as a set shrinks: the floor of a 20-image fake side is 20 real images against the
+    rest, not two halves of the split (where both sides fit, the protocol's sizes; where neither, halves)."""
+    assert compute.noise_floor_sizes(101, 1000, 20) == (81, 20)
+    assert compute.noise_floor_sizes(101, 20, 1000) == (20, 81)
+    assert compute.noise_floor_sizes(101, 60, 30) == (60, 30)
+    assert compute.noise_floor_sizes(101, 1000, 1000) == (50, 51)
+    rs = np.random.RandomState(6)
+    features = torch.from_numpy(gaussian(rs, 101, 4))
+    floor = compute.noise_floor(features, torch.arange(101) % 2, 2, n_real=101, n_fake=20, kid_subset_size=1000)
+    order = torch.randperm(101, generator=torch.Generator().manual_seed(2021))
+    assert (floor["floor_n_a"], floor["floor_n_b"]) == (81, 20)
+    assert floor["floor_fid"] == pytest.approx(np_fid(features[order[81:]].numpy(), features[order[:81]].numpy()),
+                                               rel=1e-5)
+    # KID on subsets of all 20 fakes; its error from a second pass on subsets of 10 (half the smaller side)
+    assert floor["floor_kid_subset_size"] == 20
+    _, probe_std = np_kid(features[order[81:]].numpy(), features[order[:81]].numpy(), 10)
+    _, std = np_kid(features[order[81:]].numpy(), features[order[:81]].numpy(), 20)
+    assert floor["floor_kid_se"] == pytest.approx(np.sqrt(probe_std ** 2 * max(10 / 10, 10 / 71) + std ** 2 / 100),
+                                                  rel=1e-6)
 
 # --------------------------------------------------------------------------------------------------------------
 # independent reference implementations (numpy / scipy only)

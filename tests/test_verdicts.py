@@ -16,7 +16,8 @@ from cgan_bench.report.build import build_report
 from cgan_bench.report.tables import _one_sample_p, _paired_p, holm, metric_table, paired_vs_projection
 
 SEEDS = [0, 1, 2, 3, 4]
-FLOOR = {"floor_fid": 7.5, "floor_intra_fid_mean": 50.25, "floor_kid_mean": -0.0004, "floor_kid_sem": 0.0002,
+FLOOR = {"floor_fid": 7.5, "floor_intra_fid_mean": 50.25, "floor_kid_mean": -0.4, "floor_kid_std": 0.39,
+         "floor_kid_se": 0.2,
          "floor_kid_subset_size": 1000,
          "floor_n_a": 5000, "floor_n_b": 5000}
 PROTOCOL = {"feature_space": "digit_channels", "n_fake": 5000, "n_real": 5000, "n_generated": 10000,
@@ -33,8 +34,8 @@ def final_numbers(head: str, seed: int) -> dict:
            "none": base_fid + 200 + 5 * rs.randn()}[head]
     modes = {"projection": 90, "concat": 60, "acgan": 88, "none": 95}[head] + seed % 3 \
         + {"concat": (seed + 1) % 2, "none": seed % 2}.get(head, 0)
-    return {"fid": fid, "is_mean": 8.0 + 0.1 * rs.randn(), "intra_fid_mean": 2 * fid, "kid_mean": fid / 1e4,
-            "kid_std": 0.001, "kid_sem": 0.0001, "precision": 0.7, "recall": 0.5, "density": 0.9, "coverage": 0.8,
+    return {"fid": fid, "is_mean": 8.0 + 0.1 * rs.randn(), "intra_fid_mean": 2 * fid, "kid_mean": fid / 10,
+            "kid_std": 1.0, "kid_se": 0.5, "precision": 0.7, "recall": 0.5, "density": 0.9, "coverage": 0.8,
             "class_accuracy": 0.95 if head in ("projection", "none") else 0.9 + 0.01 * seed,
             "modes_covered_mean": float(modes), "modes_total": 10 * modes, "mode_kl_mean": 1.0 - modes / 100,
             "mode_collapsed_classes": 0, "real_modes_covered_mean": 99.9, "real_modes_total": 1000,
@@ -102,7 +103,7 @@ def test_holm_matches_a_hand_computation():
 
 def test_paired_verdicts_are_holm_corrected_and_match_scipy(report):
     paired = table(report, "Each head against projection")
-    for metric, key, scale in (("FID", "fid", 1), ("KID ×10³", "kid_mean", 1000),
+    for metric, key, scale in (("FID", "fid", 1), ("KID", "kid_mean", 1),
                                ("modes covered per class (of 100)", "modes_covered_mean", 1)):
         rows = paired[paired["metric"] == metric].set_index("head")
         assert sorted(rows.index) == ["acgan", "concat", "none"]
@@ -150,15 +151,15 @@ def test_bold_only_for_a_real_winner(report):
     assert modes.loc["real data (ceiling)", "stacked_digits modes covered per class (of 100)"] == "99.9"
 
 
-def test_kid_is_shown_times_1000_and_the_noise_floor_beside_it(report):
+def test_kid_is_shown_raw_in_a_classifier_space_and_the_noise_floor_beside_it(report):
     extra = table(report, "Intra-class and distribution metrics").set_index("head")
-    kid = np.array([final_numbers("concat", s)["kid_mean"] for s in SEEDS]) * 1000
-    mean, std = (float(x) for x in extra.loc["concat", "stacked_digits KID ×10³"].strip("*").split("±"))
+    kid = np.array([final_numbers("concat", s)["kid_mean"] for s in SEEDS])  # digit_channels space: raw units
+    mean, std = (float(x) for x in extra.loc["concat", "stacked_digits KID"].strip("*").split("±"))
     assert mean == pytest.approx(kid.mean(), abs=0.006) and std == pytest.approx(kid.std(ddof=1), abs=0.006)
     floor = table(report, "Noise floor").iloc[0]
     assert floor["real vs real (images)"] == "5000 vs 5000"
     assert float(floor["FID"]) == pytest.approx(7.5)
-    assert floor["KID ×10³ ± s.e."] == "-0.40 ± 0.20" and floor["KID subset size"] == "1000"
+    assert floor["KID ± s.e."] == "-0.40 ± 0.20" and floor["KID subset size"] == "1000"
     assert "## Published values" not in report  # no CIFAR/ImageNet numbers under a stacked-digits table
 
 
@@ -276,3 +277,57 @@ def test_a_significant_fid_difference_below_the_noise_floor_says_so():
     assert row["verdict"] == "worse than projection (by less than the real-vs-real floor)"
     assert paired_vs_projection(done.assign(floor_fid=0.5), metrics=("fid",)).iloc[0]["verdict"] == \
         "worse than projection"
+
+
+def test_kid_is_shown_times_1000_in_inception_space_and_raw_beside_it(tmp_path):
+    """A sweep over two datasets evaluated in two feature spaces: each KID column, floor row and paired row in
+    its own unit (×10³ in Inception space as in the literature; raw in the classifier space)."""
+    sweep = tmp_path / "sweep"
+    for head in ("projection", "concat"):
+        for seed in SEEDS[:3]:
+            write_run(sweep, head, seed)
+            (sweep / f"{head}_s{seed}").rename(sweep / f"digits_{head}_s{seed}")
+            write_run(sweep, head, seed)  # a second copy, made a cifar10 run in Inception space below
+            run = sweep / f"{head}_s{seed}"
+            cfg = yaml.safe_load((run / ".hydra" / "config.yaml").read_text())
+            cfg["dataset"]["name"] = "cifar10"
+            (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump(cfg))
+            lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+            for r in lines:  # Inception-sized KIDs (~1e-2) and an Inception floor
+                r.update(feature_space="inception", kid_mean=r["fid"] / 1e4, kid_std=0.001, kid_se=0.0005,
+                         floor_kid_mean=-0.0004, floor_kid_se=0.0002)
+            (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    md = build_report(sweep, tmp_path / "report", "two spaces").read_text()
+    extra = table(md, "Intra-class and distribution metrics").set_index("head")
+    cifar = 1000 * np.array([final_numbers("concat", s)["fid"] / 1e4 for s in SEEDS[:3]])
+    digits = np.array([final_numbers("concat", s)["kid_mean"] for s in SEEDS[:3]])
+    for column, want in (("cifar10 KID ×10³", cifar), ("stacked_digits KID", digits)):
+        mean, std = (float(x) for x in extra.loc["concat", column].strip("*").split("±"))
+        assert mean == pytest.approx(want.mean(), abs=0.006) and std == pytest.approx(want.std(ddof=1), abs=0.006)
+    floor = table(md, "Noise floor").set_index("dataset")
+    assert floor.loc["cifar10", "KID ×10³ ± s.e."] == "-0.40 ± 0.20" and floor.loc["cifar10", "KID ± s.e."] == ""
+    assert floor.loc["stacked_digits", "KID ± s.e."] == "-0.40 ± 0.20"
+    assert floor.loc["stacked_digits", "KID ×10³ ± s.e."] == ""
+    paired = table(md, "Each head against projection")
+    kid_rows = paired[paired["metric"].str.startswith("KID")].set_index("dataset")
+    assert kid_rows.loc["cifar10", "metric"] == "KID ×10³" and kid_rows.loc["stacked_digits", "metric"] == "KID"
+    diff = 1000 * np.mean([(final_numbers("concat", s)["fid"] - final_numbers("projection", s)["fid"]) / 1e4
+                           for s in SEEDS[:3]])
+    assert float(kid_rows.loc["cifar10", "difference"]) == pytest.approx(diff, abs=1e-3)
+    assert float(kid_rows.loc["cifar10", "reference"]) == pytest.approx(-0.4)
+
+
+def test_a_run_recorded_with_the_old_kid_error_gets_todays_in_the_report(tmp_path):
+    """Runs from before floor_kid_se recorded floor_kid_sem = subset spread / sqrt(100): the report shows the
+    standard error recomputed from that spread, not the old (several-fold too small) number."""
+    write_run(tmp_path / "sweep", "projection", 0)
+    run = tmp_path / "sweep" / "projection_s0"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in lines:
+        del r["floor_kid_se"], r["floor_kid_std"]
+        r["floor_kid_sem"] = 0.02
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    md = build_report(tmp_path / "sweep", tmp_path / "report", "old run").read_text()
+    floor = table(md, "Noise floor").iloc[0]
+    # 5000 vs 5000 with subsets of 1000: 0.02 * 10 * sqrt(1000 / 4000 + 1 / 100) = 0.102
+    assert floor["KID ± s.e."] == "-0.40 ± 0.10"

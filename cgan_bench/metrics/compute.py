@@ -11,6 +11,7 @@ from torch_fidelity.metric_kid import KEY_METRIC_KID_MEAN, KEY_METRIC_KID_STD, k
 from torch_fidelity.metric_prc import KEY_METRIC_PRECISION, KEY_METRIC_RECALL, calc_cdist_full, prc_features_to_metric
 
 from .frechet import fid, frechet_distance, sqrt_psd, statistics  # FID and intra-FID: frechet.py
+from .kid_error import KID_SUBSETS, kid_standard_error, resampling_size
 
 RNG_SEED = 2020  # torch-fidelity's default, so subsets are reproducible
 
@@ -31,11 +32,24 @@ def effective_kid_subset_size(n_fake: int, n_real: int, requested: int) -> int:
     return size
 
 
-def kid(fake: torch.Tensor, real: torch.Tensor, subset_size: int, subsets: int = 100) -> tuple[float, float]:
-    size = effective_kid_subset_size(len(fake), len(real), subset_size)
+def kid(fake: torch.Tensor, real: torch.Tensor, subset_size: int, subsets: int = KID_SUBSETS,
+        size: int | None = None) -> tuple[float, float]:
+    """torch-fidelity's KID (mean, spread) over `subsets` subsets of effective_kid_subset_size (or `size`)."""
+    size = size or effective_kid_subset_size(len(fake), len(real), subset_size)
     out = kid_features_to_metric(fake, real, kid_subsets=subsets, kid_subset_size=size, rng_seed=RNG_SEED,
                                  verbose=False)
     return out[KEY_METRIC_KID_MEAN], out[KEY_METRIC_KID_STD]
+
+
+def kid_with_error(fake: torch.Tensor, real: torch.Tensor, subset_size: int) -> dict:
+    """KID with its standard error (metrics.kid_error.kid_standard_error): where the protocol's subsets take
+    more than half of a set, a second pass on subsets of half the smaller set measures the sets' noise."""
+    size = effective_kid_subset_size(len(fake), len(real), subset_size)
+    mean, std = kid(fake, real, subset_size, size=size)
+    probe = resampling_size(len(fake), len(real), size)
+    probe_std = std if probe == size else kid(fake, real, subset_size, size=probe)[1]
+    return {"mean": mean, "std": std, "subset_size": size,
+            "se": kid_standard_error(std, len(fake), len(real), size, probe_std, probe)}
 
 
 def precision_recall(fake: torch.Tensor, real: torch.Tensor, k: int) -> tuple[float, float]:
@@ -148,51 +162,53 @@ def class_row(c: int, intra_fid: float, gen: torch.Tensor, real: torch.Tensor, a
             "n_real": n_real}
 
 
-KID_SUBSETS = 100
-
 
 def overall_metrics(fid_fake: torch.Tensor, real: torch.Tensor, all_logits: torch.Tensor, *, isc_splits: int,
                     kid_subset_size: int, prc_k: int, coverage_k: int = 5) -> dict:
     """Distribution-level metrics: FID/KID/precision/recall/density/coverage on (fid_fake, real), IS on all
     generated logits. KID in torch-fidelity's raw units: `kid_std` is the spread of the 100 subset values,
-    `kid_sem` that spread / sqrt(100), the standard error of their mean (subsets overlap, so it understates
-    the sampling noise: the real-vs-real noise floor is the better yardstick)."""
+    `kid_se` the standard error of their mean over new draws of both sets (kid_standard_error)."""
     is_mean, is_std = inception_score(all_logits, isc_splits)
-    kid_mean, kid_std = kid(fid_fake, real, kid_subset_size, KID_SUBSETS)
+    k = kid_with_error(fid_fake, real, kid_subset_size)
     precision, recall = precision_recall(fid_fake, real, prc_k)
     density, cover = density_coverage(real, fid_fake, coverage_k)
-    return {"is_mean": is_mean, "is_std": is_std, "fid": fid(fid_fake, real), "kid_mean": kid_mean,
-            "kid_std": kid_std, "kid_sem": kid_std / KID_SUBSETS ** 0.5,
-            "kid_subset_size": effective_kid_subset_size(len(fid_fake), len(real), kid_subset_size),
+    return {"is_mean": is_mean, "is_std": is_std, "fid": fid(fid_fake, real), "kid_mean": k["mean"],
+            "kid_std": k["std"], "kid_se": k["se"], "kid_subset_size": k["subset_size"],
             "precision": precision,
             "recall": recall, "density": density, "coverage": cover}
 
 
 def noise_floor_sizes(n_total: int, n_real: int, n_fake: int) -> tuple[int, int]:
-    """The floor's two disjoint halves: the protocol's sizes (n_real, n_fake) where the split has enough
-    images, else the split halved."""
-    return (n_real, n_fake) if n_real + n_fake <= n_total else (n_total // 2, n_total - n_total // 2)
+    """The floor's two disjoint parts (real side, fake side): the protocol's sizes (n_real, n_fake) where the
+    split has enough images. Else the smaller side keeps its protocol size where it fits in half the split and
+    the other side takes the rest (FID's bias grows fast as a set shrinks: a 100-image fake side is the floor
+    a 100-image protocol needs, not two halves of the split), else the split is halved."""
+    if n_real + n_fake <= n_total:
+        return n_real, n_fake
+    if min(n_real, n_fake) <= n_total // 2:
+        small = min(n_real, n_fake)
+        return (n_total - small, small) if n_fake == small else (small, n_total - small)
+    return n_total // 2, n_total - n_total // 2
 
 
 def noise_floor(features: torch.Tensor, labels: torch.Tensor, n_classes: int, n_real: int, n_fake: int,
                 kid_subset_size: int, seed: int = 2021, intra: bool = True) -> dict:
-    """Real vs real: the same metrics between two disjoint random halves of the real split, sized like the
-    protocol (n_real vs n_fake) where the split has enough images, else halved. No generator can be told
+    """Real vs real: the same metrics between two disjoint random parts of the real split, sized like the
+    protocol (n_real vs n_fake) as far as the split allows (noise_floor_sizes). No generator can be told
     apart from the data by less than this. Intra-FID: the same per class, averaged (intra=False: left out, as
     beside the per-class mode's small real subset)."""
     order = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))
     size_a, size_b = noise_floor_sizes(len(features), n_real, n_fake)
     a, b = order[:size_a], order[size_a:size_a + size_b]
-    kid_mean, kid_std = kid(features[b], features[a], kid_subset_size, KID_SUBSETS)
+    k = kid_with_error(features[b], features[a], kid_subset_size)
     halves = []
     for c in range(n_classes if intra else 0):
         idx = order[labels[order] == c]
         half = len(idx) // 2
         if half >= 2:
             halves.append(fid(features[idx[half:]], features[idx[:half]]))
-    return {"floor_fid": fid(features[b], features[a]), "floor_kid_mean": kid_mean,
-            "floor_kid_sem": kid_std / KID_SUBSETS ** 0.5,
-            "floor_kid_subset_size": effective_kid_subset_size(len(b), len(a), kid_subset_size),
+    return {"floor_fid": fid(features[b], features[a]), "floor_kid_mean": k["mean"], "floor_kid_std": k["std"],
+            "floor_kid_se": k["se"], "floor_kid_subset_size": k["subset_size"],
             "floor_intra_fid_mean": float(np.mean(halves)) if intra else float("nan"),
             "floor_n_a": len(a), "floor_n_b": len(b)}
 

@@ -11,6 +11,7 @@ from ..data import ImageData
 from ..io import atomic_torch_save, atomic_write_json
 from .cache import cache_key, cache_root, fingerprint, load_or_build
 from .compute import effective_kid_subset_size, noise_floor, noise_floor_sizes
+from .kid_error import with_floor_kid_error
 from .feature_space import FeatureSpace
 
 
@@ -106,12 +107,13 @@ def load_or_compute_noise_floor(space: FeatureSpace, data: ImageData, ref: dict,
     (Inception-sized intra-FID costs minutes: one 2048-d matrix square root per class). Beside a `first` subset
     reference (the per-class mode) there is no intra-FID floor: a few images per class give no meaningful one."""
     base = reference_path(space, data, cache_dir, first, fp)
-    # the name carries the KID subset size the floor really uses, so a floor cached before that size could
-    # differ from the requested one (both halves taken whole) is rebuilt, and every other is kept
+    # the name carries the sizes the floor really uses (the parts and the KID subset), so a floor cached under
+    # an earlier sizing rule (the split halved where the protocol's fake side would fit; KID subsets of both
+    # halves whole) is rebuilt, and one whose sizes never changed is kept
     size_a, size_b = noise_floor_sizes(len(ref["features"]), n_real, n_fake)
     kid_size = effective_kid_subset_size(size_b, size_a, kid_subset_size)
-    path = base.with_name(f"{base.stem}.floor-r{n_real}-f{n_fake}-k{kid_size}.json")
-    load = lambda p: {"floor_kid_subset_size": kid_size, **json.loads(p.read_text())}  # noqa: E731
+    path = base.with_name(f"{base.stem}.floor-r{size_a}-f{size_b}-k{kid_size}.json")
+    load = lambda p: with_floor_kid_error({"floor_kid_subset_size": kid_size, **json.loads(p.read_text())})  # noqa: E731
     return load_or_build(path, load,  # lock-free read; corrupt: aside, rebuilt
                          lambda: noise_floor(ref["features"], ref["labels"], data.n_classes, n_real, n_fake,
                                              kid_subset_size, intra=first is None), atomic_write_json,

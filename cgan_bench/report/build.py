@@ -75,10 +75,12 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
     floor = tables.noise_floor_table(done)
     if not floor.empty:
         lines += ["## Noise floor (real vs real)", "",
-                  "The same metrics between two disjoint random halves of the real split (`real split` above), "
-                  "sized like the protocol where the data allows (else halves): differences between heads smaller "
-                  "than these are not evidence. KID's ± is the standard error of its 100 overlapping subsets"
-                  + (", each of the size in the last column." if "KID subset size" in floor else "."), "",
+                  "The same metrics between two disjoint random parts of the real split (`real split` above), "
+                  "sized like the protocol where the data allows (else the fake side's size kept and the rest real, "
+                  "else halves): differences between heads smaller than these are not evidence. KID's ± is its "
+                  "standard error over new draws of both sets, from the spread of its 100 subsets"
+                  + (" (each of the size in the last column)" if "KID subset size" in floor else "")
+                  + "; on real vs real it overstates, to the safe side.", "",
                   _md(floor)]
     lines += ["## Main table (the paper's layout)", "", _md(tables.metric_table(done, tables.PAPER_METRICS), index=True)]
     if "head" in done and (done["head"] == "concat").any():
@@ -93,8 +95,9 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
                   "real held-out images, as many per class as generated: the ceiling.", "", _md(modes, index=True)]
     lines += ["## Intra-class and distribution metrics", "",
               "intra-FID: FID between generated and real images of one class, averaged over classes (the paper's "
-              "metric). KID ×10³: torch-fidelity's unbiased KID on subsets of min(1000, n) images (half the "
-              "smaller set where that would draw more than half of both sets). Density and coverage: "
+              "metric). KID: torch-fidelity's unbiased KID on subsets of min(1000, n) images (half the "
+              "smaller set where that would draw more than half of both sets), ×10³ in Inception space as in the "
+              "literature, raw in the classifier spaces (whose features give KIDs in the tens to hundreds). Density and coverage: "
               "Naeem et al. (2020), k = 5, on the whole sets; within-class coverage: the same coverage inside each "
               "class (on up to `eval.diversity_pairs_max` images per side), averaged. Diversity ratio: mean pairwise "
               "feature distance of generated / real images of a class (1 = as diverse as the data). Near-duplicate "
@@ -119,7 +122,8 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
                   _md(published)]
     paired = tables.paired_vs_projection(done) if not done.empty else pd.DataFrame()
     lines += ["## Each head against projection (paired by seed, Holm-corrected)", "",
-              "difference = head − projection on the same seed, mean over seeds (KID ×10³). Per metric the heads "
+              "difference = head − projection on the same seed, mean over seeds (KID in the unit its metric row "
+              "names). Per metric the heads "
               "form one family: `p_holm` is the paired t-test's p-value after Holm's correction (where all of a head's "
               "differences are equal, zero variance, the exact sign-flip test's 2 / 2^n instead), the interval "
               "[ci_low, ci_high] is the simultaneous 95% (Bonferroni) interval, `effect_dz` the mean difference "

@@ -8,19 +8,20 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from ..metrics.kid_error import kid_unit
+
 HIGHER_BETTER = {"is_mean", "precision", "recall", "coverage", "class_coverage_mean", "class_accuracy",
                  "modes_covered_mean", "modes_total"}
 LOWER_BETTER = {"fid", "kid_mean", "intra_fid_mean", "collapsed_classes", "near_duplicate_rate_mean", "mode_kl_mean",
                 "mode_collapsed_classes"}
 CLOSEST_TO_ONE = {"diversity_ratio_mean", "density"}
-LABELS = {"is_mean": "IS", "fid": "FID", "intra_fid_mean": "intra-FID", "kid_mean": "KID ×10³",
+LABELS = {"is_mean": "IS", "fid": "FID", "intra_fid_mean": "intra-FID", "kid_mean": "KID",
           "precision": "precision", "recall": "recall", "density": "density", "coverage": "coverage",
           "class_coverage_mean": "within-class coverage", "diversity_ratio_mean": "diversity ratio",
           "near_duplicate_rate_mean": "near-duplicate rate", "class_accuracy": "class acc.",
           "collapsed_classes": "collapsed classes", "modes_covered_mean": "modes covered per class (of 100)",
           "modes_total": "modes total (of 1000)", "mode_kl_mean": "KL(modes ‖ uniform), nats",
           "mode_collapsed_classes": "mode-collapsed classes"}
-SCALE = {"kid_mean": 1000.0}  # shown in these units (KID ×10³, as in the literature)
 DIGITS = {"collapsed_classes": 1, "mode_collapsed_classes": 1, "kid_mean": 2, "modes_total": 1,
           "modes_covered_mean": 1, "fid": 2, "intra_fid_mean": 2}
 PAPER_METRICS = ["is_mean", "fid"]
@@ -40,6 +41,17 @@ PAPER_VALUES = pd.DataFrame([
     {"dataset": "imagenet128", "head": "projection", "IS": 29.7, "FID": None, "intra-FID": 103.1},
     {"dataset": "imagenet128", "head": "concat", "IS": 21.1, "FID": None, "intra-FID": 141.2},
 ])
+
+
+def unit(metric: str, space: str | None = None) -> tuple[float, str]:
+    """(scale, label) a metric is shown in: its LABELS name, except KID, whose unit depends on the feature space
+    (×10³ in Inception space, raw in the classifier spaces: metrics.kid_error.kid_unit)."""
+    return kid_unit(space) if metric == "kid_mean" and space is not None else (1.0, LABELS[metric])
+
+
+def column_spaces(done: pd.DataFrame) -> dict[str, str]:
+    """column -> its feature space (one per column: a column group is one protocol)."""
+    return done.groupby("column")["feature_space"].first().to_dict() if "feature_space" in done else {}
 
 
 def head_sort_key(heads: pd.Series) -> pd.Series:
@@ -107,14 +119,15 @@ def _best_heads(done: pd.DataFrame, agg: pd.DataFrame) -> set[tuple[str, str, st
     seed against each of the k - 1 others, p < 0.05 for each after Holm's correction over those k - 1
     comparisons, and better in mean. No bold on ties with the runner-up (np.isclose scores, or the same printed
     digits), nor where a comparison has no p-value (too few seeds)."""
-    best = set()
+    best, spaces = set(), column_spaces(done)
     for (column, metric), g in agg.dropna(subset=["mean"]).groupby(["column", "metric"]):
         if len(g) < 2:
             continue
         ranked = g.assign(score=_score(metric, g["mean"])).sort_values("score", ascending=False)
         top, runner_up = ranked.iloc[0], ranked.iloc[1]
+        space = spaces.get(column)
         if np.isclose(top["score"], runner_up["score"]) or \
-                fmt(top["mean"], float("nan"), metric) == fmt(runner_up["mean"], float("nan"), metric):
+                fmt(top["mean"], float("nan"), metric, space) == fmt(runner_up["mean"], float("nan"), metric, space):
             continue  # a tie, or a difference the table's digits do not show
         runs = done[done["column"] == column]
         values = {h: _score(metric, runs[runs["head"] == h].set_index("seed")[metric].dropna().astype(float))
@@ -128,10 +141,12 @@ def _best_heads(done: pd.DataFrame, agg: pd.DataFrame) -> set[tuple[str, str, st
     return best
 
 
-def fmt(mean: float, std: float, metric: str) -> str:
+def fmt(mean: float, std: float, metric: str, space: str | None = None) -> str:
+    """'mean ± std' in the metric's unit (`space`: the feature space, for KID's) and digits."""
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return ""
-    mean, std = mean * SCALE.get(metric, 1.0), (float("nan") if std is None else std) * SCALE.get(metric, 1.0)
+    scale = unit(metric, space)[0]
+    mean, std = mean * scale, (float("nan") if std is None else std) * scale
     digits = DIGITS.get(metric, 3)
     text = f"{mean:.{digits}f}"
     if std is not None and not math.isnan(std):
@@ -147,16 +162,16 @@ def metric_table(done: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     if not metrics:
         return pd.DataFrame()
     agg = aggregate(done, metrics)
-    best = _best_heads(done, agg)
+    best, spaces = _best_heads(done, agg), column_spaces(done)
     table = {}
     for r in agg.itertuples():
-        cell = fmt(r.mean, r.std, r.metric)
+        cell = fmt(r.mean, r.std, r.metric, spaces.get(r.column))
         if cell and (r.column, r.head, r.metric) in best:
             cell = f"**{cell}**"
-        table.setdefault(r.head, {})[(r.column, LABELS[r.metric])] = cell
+        table.setdefault(r.head, {})[(r.column, unit(r.metric, spaces.get(r.column))[1])] = cell
     out = pd.DataFrame.from_dict(table, orient="index")
     out = out.reindex(sorted(out.index, key=lambda h: (HEAD_ORDER.index(h) if h in HEAD_ORDER else 99, h)))
-    columns = [(c, LABELS[m]) for c in sorted(done["column"].unique()) for m in metrics]
+    columns = [(c, unit(m, spaces.get(c))[1]) for c in sorted(done["column"].unique()) for m in metrics]
     out = out.reindex(columns=[c for c in columns if c in out.columns])
     seeds = done.groupby("head")["seed"].nunique()
     out.insert(0, ("", "seeds"), [int(seeds.get(h, 0)) for h in out.index])
@@ -192,15 +207,17 @@ def noise_floor_table(done: pd.DataFrame) -> pd.DataFrame:
         first = g.dropna(subset=["floor_fid"])
         if first.empty:
             continue
-        f = first.iloc[0]
+        f, space = first.iloc[0], first.iloc[0].get("feature_space")
         rows.append({"dataset": column, "real vs real (images)": f"{int(f['floor_n_b'])} vs {int(f['floor_n_a'])}",
                      "FID": fmt(f["floor_fid"], float("nan"), "fid"),
                      "intra-FID (class halves)": fmt(f["floor_intra_fid_mean"], float("nan"), "intra_fid_mean"),
-                     "KID ×10³ ± s.e.": fmt(f["floor_kid_mean"], f["floor_kid_sem"], "kid_mean"),
+                     # runs from before the floor recorded a KID spread: the mean alone
+                     f"{unit('kid_mean', space)[1]} ± s.e.": fmt(f["floor_kid_mean"], f.get("floor_kid_se"),
+                                                                 "kid_mean", space),
                      # runs from before the floor recorded it: unknown (their subsets may all have been one pair)
                      "KID subset size": (f"{int(f['floor_kid_subset_size'])}" if
                                          pd.notna(f.get("floor_kid_subset_size", float("nan"))) else "")})
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).fillna("")  # columns of KID in two units: each row fills its own
     return table if (table["KID subset size"] != "").any() else table.drop(columns="KID subset size")
 
 
@@ -276,14 +293,14 @@ def paired_vs_projection(done: pd.DataFrame, metrics=tuple(VERDICT_METRICS)) -> 
             p_raw = [_one_sample_p(d) for _, d in family]
             valid = [p for p in p_raw if not math.isnan(p)]
             p_holm = iter(holm(valid))
-            scale = SCALE.get(m, 1.0)
+            scale, label = unit(m, g["feature_space"].iloc[0] if "feature_space" in g else None)
             reference = g[FLOOR_OF[m]].dropna().astype(float).mean() * scale if FLOOR_OF.get(m) in g else float("nan")
             for (head, d), p in zip(family, p_raw):
                 n, mean = len(d), d.mean() * scale
                 sd = d.std(ddof=1) * scale if n > 1 else float("nan")
                 half = stats.t.ppf(1 - (1 - level) / 2, n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
                 adjusted = next(p_holm) if not math.isnan(p) else float("nan")
-                rows.append({"dataset": column, "metric": LABELS[m], "head": head, "pairs": n,
+                rows.append({"dataset": column, "metric": label, "head": head, "pairs": n,
                              "difference": mean, "ci_low": mean - half, "ci_high": mean + half,
                              "p_holm": adjusted, "effect_dz": mean / sd if sd and sd > 0 else float("nan"),
                              "reference": reference, "verdict": _verdict(m, mean, adjusted, n, reference),

@@ -1,0 +1,58 @@
+"""KID's standard error and the unit it is shown in.
+
+torch-fidelity reports KID as the mean and spread of 100 subset values; the spread of overlapping subsets is
+not the uncertainty of their mean, and KID's size depends on the feature space, so both need a rule.
+"""
+import math
+
+KID_SUBSETS = 100  # subsets per KID (torch-fidelity's default)
+
+
+def resampling_size(n_fake: int, n_real: int, subset_size: int) -> int:
+    """A subset size whose subsets resample both sets: at most half of each (a subset holding a whole set, or
+    most of it, shows none of that set's sampling noise in its spread)."""
+    return max(2, min(subset_size, n_fake // 2, n_real // 2))
+
+
+def kid_standard_error(subset_std: float, n_fake: int, n_real: int, subset_size: int, probe_std: float,
+                       probe_size: int, subsets: int = KID_SUBSETS) -> float:
+    """The standard error of the reported KID (the mean of `subsets` values on subsets of `subset_size`) over new
+    draws of both sets. `probe_std`: the spread of subsets of `probe_size` = resampling_size(...) (the same
+    subsets where `subset_size` is already at most half of each set).
+
+    subset_std / sqrt(subsets) understates it several-fold: overlapping subsets of two fixed sets show only their
+    own resampling noise. To leading order KID's variance is a/n_fake + b/n_real; subsets of p from each set
+    spread by a(1/p - 1/n_fake) + b(1/p - 1/n_real), so whatever a and b are
+        var(the sets) <= probe_std^2 * max(p / (n_fake - p), p / (n_real - p))
+    and the subsets' own resampling adds subset_std^2 / subsets. Checked by simulation against independent
+    draws (tests/test_kid_error.py): with sets of one size within ~5% of the true error; with sets of different
+    sizes up to ~2x above it (the bound takes the worse set); on identical distributions (real vs real: a
+    degenerate U-statistic, whose true error is smaller) ~2-3x above. It errs to the safe side on purpose."""
+    p = probe_size
+    sets = probe_std ** 2 * max(p / (n_fake - p), p / (n_real - p))
+    return float(math.sqrt(sets + subset_std ** 2 / subsets))
+
+
+KID_UNITS = {"inception": (1000.0, "KID ×10³")}  # the literature's unit in Inception space
+
+
+def kid_unit(feature_space: str) -> tuple[float, str]:
+    """(scale, label) KID is shown in: ×10³ in Inception space as in the literature; raw in the harness's
+    classifier spaces, whose larger features give KIDs of 10 to 10³ (×10³ printed them as 251,802)."""
+    return KID_UNITS.get(feature_space, (1.0, "KID"))
+
+
+def with_floor_kid_error(floor: dict) -> dict:
+    """A floor recorded before `floor_kid_se` (cached files, old runs' metrics lines) carries `floor_kid_sem`,
+    defined then as subset_std / sqrt(100): the subsets' spread is recovered exactly, and where those subsets
+    resampled both sets (at most half of each) the standard error is computed as today. Where they did not,
+    the old spread cannot give one: the error is left out (NaN). Anything else is returned as it is."""
+    needed = ("floor_kid_sem", "floor_kid_subset_size", "floor_n_a", "floor_n_b")
+    if "floor_kid_se" in floor or not all(k in floor for k in needed):
+        return floor
+    n_fake, n_real, m = int(floor["floor_n_b"]), int(floor["floor_n_a"]), int(floor["floor_kid_subset_size"])
+    out = {k: v for k, v in floor.items() if k != "floor_kid_sem"}
+    out["floor_kid_std"] = std = float(floor["floor_kid_sem"]) * KID_SUBSETS ** 0.5
+    out["floor_kid_se"] = kid_standard_error(std, n_fake, n_real, m, std, m) \
+        if resampling_size(n_fake, n_real, m) == m else float("nan")
+    return out
