@@ -206,3 +206,39 @@ def test_a_run_writes_labelled_figures_of_its_configured_morph(tmp_path):
     morph = read_png(samples / "morph_raw.png")
     assert np.abs(morph.astype(int) - expected.astype(int)).max() <= 1  # float rounding across processes
     find_upscaled(png(samples / "morph.png"), morph)
+
+
+def captured_figure(monkeypatch):
+    """The figure a report plot draws, kept open instead of written (save_png_and_pdf replaced)."""
+    seen = {}
+    monkeypatch.setattr(plots, "save_png_and_pdf", lambda fig, title, path: seen.update(fig=fig, title=title) or path)
+    return seen
+
+
+def test_curves_draw_each_real_vs_real_floor_with_its_image_counts(tmp_path, monkeypatch):
+    curves = synthetic_curves()
+    curves["floor_n_a"] = 1437
+    curves["floor_n_b"] = curves["n_generated"]
+    curves["floor_fid"] = np.where(curves["phase"] == "curve", 12.5, 4.25)  # a 100- and a 1000-image fake side
+    seen = captured_figure(monkeypatch)
+    plots.curve_plot(curves, "digits", tmp_path)
+    fid_axes = seen["fig"].axes[0]
+    flat = sorted(line.get_ydata()[0] for line in fid_axes.lines if len(set(line.get_ydata())) == 1
+                  and line.get_linestyle() != "None")
+    assert flat == [4.25, 12.5]
+    labels = [t.get_text() for t in seen["fig"].axes[-1].get_legend().get_texts()]
+    assert "real vs real FID (100 vs 1437 images)" in labels and "real vs real FID (1000 vs 1437 images)" in labels
+
+
+def test_per_class_bars_show_the_spread_over_seeds(tmp_path, monkeypatch):
+    one = synthetic_per_class()
+    other = one.assign(seed=1, intra_fid=one["intra_fid"] + 10.0)  # every class 10 worse on seed 1
+    seen = captured_figure(monkeypatch)
+    plots.per_class_plot(pd.concat([one, other]), "digits", tmp_path)
+    assert "whiskers = min..max over seeds" in seen["title"]
+    intra = seen["fig"].axes[0]
+    whiskers = [c for c in intra.containers if getattr(c, "has_yerr", False)]
+    assert len(whiskers) == 3  # one per head
+    # projection's class 0: seeds 20 and 30, bar at 25, whisker from 20 to 30
+    segments = {tuple(np.round(s[:, 1], 6)) for c in whiskers for s in c.lines[2][0].get_segments()}
+    assert (20.0, 30.0) in segments

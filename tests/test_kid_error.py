@@ -66,3 +66,6 @@ def test_a_floor_recorded_with_the_old_error_is_converted_exactly():
     assert with_floor_kid_error(new) == new  # already converted: unchanged
     unknown = {k: v for k, v in legacy.items() if k != "floor_kid_subset_size"}
     assert with_floor_kid_error(unknown) == unknown  # the subset size unknown: left as it is
+    # runs older still: the size was min(eval.kid_subset_size, both sets), known where at most half of each
+    assert with_floor_kid_error(unknown, 1000)["floor_kid_se"] == pytest.approx(new["floor_kid_se"])
+    assert np.isnan(with_floor_kid_error({**unknown, "floor_n_a": 1200, "floor_n_b": 1100}, 1000)["floor_kid_se"])

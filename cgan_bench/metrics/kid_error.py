@@ -42,17 +42,23 @@ def kid_unit(feature_space: str) -> tuple[float, str]:
     return KID_UNITS.get(feature_space, (1.0, "KID"))
 
 
-def with_floor_kid_error(floor: dict) -> dict:
+def with_floor_kid_error(floor: dict, requested_subset_size: int | None = None) -> dict:
     """A floor recorded before `floor_kid_se` (cached files, old runs' metrics lines) carries `floor_kid_sem`,
     defined then as subset_std / sqrt(100): the subsets' spread is recovered exactly, and where those subsets
     resampled both sets (at most half of each) the standard error is computed as today. Where they did not,
-    the old spread cannot give one: the error is left out (NaN). Anything else is returned as it is."""
-    needed = ("floor_kid_sem", "floor_kid_subset_size", "floor_n_a", "floor_n_b")
-    if "floor_kid_se" in floor or not all(k in floor for k in needed):
+    the old spread cannot give one: the error is left out (NaN). Runs older still did not record the subset
+    size: it was min(requested, both sets) (`requested_subset_size`: the run's eval.kid_subset_size), known
+    wherever that is at most half of each set. Anything else is returned as it is."""
+    if "floor_kid_se" in floor or not all(k in floor for k in ("floor_kid_sem", "floor_n_a", "floor_n_b")):
         return floor
-    n_fake, n_real, m = int(floor["floor_n_b"]), int(floor["floor_n_a"]), int(floor["floor_kid_subset_size"])
+    n_fake, n_real = int(floor["floor_n_b"]), int(floor["floor_n_a"])
+    m = floor.get("floor_kid_subset_size")
+    if m is None and requested_subset_size is not None:
+        m = min(int(requested_subset_size), n_fake, n_real)
+    if m is None:
+        return floor
     out = {k: v for k, v in floor.items() if k != "floor_kid_sem"}
     out["floor_kid_std"] = std = float(floor["floor_kid_sem"]) * KID_SUBSETS ** 0.5
-    out["floor_kid_se"] = kid_standard_error(std, n_fake, n_real, m, std, m) \
-        if resampling_size(n_fake, n_real, m) == m else float("nan")
+    out["floor_kid_se"] = kid_standard_error(std, n_fake, n_real, int(m), std, int(m)) \
+        if resampling_size(n_fake, n_real, int(m)) == int(m) else float("nan")
     return out

@@ -80,7 +80,10 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
                   "else halves): differences between heads smaller than these are not evidence. KID's ± is its "
                   "standard error over new draws of both sets, from the spread of its 100 subsets"
                   + (" (each of the size in the last column)" if "KID subset size" in floor else "")
-                  + "; on real vs real it overstates, to the safe side.", "",
+                  + "; on real vs real it overstates, to the safe side."
+                  + ("" if floor.filter(like="KID").apply(lambda c: c.str.contains("±") | (c == "")).all().all() else
+                     " A KID without ± is from runs that predate recording the floor's KID subset size: their "
+                     "recorded spread cannot give the error."), "",
                   _md(floor)]
     lines += ["## Main table (the paper's layout)", "", _md(tables.metric_table(done, tables.PAPER_METRICS), index=True)]
     if "head" in done and (done["head"] == "concat").any():

@@ -77,7 +77,8 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
            "val_fraction": (cfg.get("dataset") or {}).get("val_fraction"), "path": str(run_dir)}
     if finals:
         final = max(finals, key=lambda r: r["iteration"])
-        row.update(with_floor_kid_error({k: v for k, v in final.items() if k not in ident and k not in ("phase", "iteration")}))
+        values = {k: v for k, v in final.items() if k not in ident and k not in ("phase", "iteration")}
+        row.update(with_floor_kid_error(values, (cfg.get("eval") or {}).get("kid_subset_size")))
     bests = [r for r in lines if r.get("phase") == "best"]
     if finals and bests:  # the best curve checkpoint under the final protocol: best_<key> beside each final <key>
         row.update({k if k.startswith("best_") else f"best_{k}": v for k, v in bests[-1].items()

@@ -13,7 +13,7 @@ import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
 from .collect import read_run  # noqa: E402
-from .plots import _save, _sizes  # noqa: E402
+from .plots import generated_counts, save_png_and_pdf  # noqa: E402
 from .tables import DIGITS, LABELS, PROTOCOL_FIELDS  # noqa: E402
 
 METRICS = ["class_accuracy", "is_mean", "fid", "intra_fid_mean", "diversity_ratio_mean", "near_duplicate_rate_mean",
@@ -193,7 +193,7 @@ def curve_plot(rows: pd.DataFrame, curves: pd.DataFrame, out: Path, title: str) 
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    return _save(fig, f"{title}: during the fine-tune, curve evaluations (n generated = {_sizes(c)}, one line per "
+    return save_png_and_pdf(fig, f"{title}: during the fine-tune, curve evaluations (n generated = {generated_counts(c)}, one line per "
                       f"weight, mean over its runs)", out / "finetune_curves.png")
 
 

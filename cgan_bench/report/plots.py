@@ -23,7 +23,7 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_")
 
 
-def _save(fig, title: str, path: Path) -> Path:
+def save_png_and_pdf(fig, title: str, path: Path) -> Path:
     """`path` (PNG) and the same figure as PDF beside it; returns the PNG's path."""
     # wrapped to the figure's width (~11 characters per inch at 10 pt): a long column name (a sweep's variant,
     # e.g. `train.joint_d_forward=True`) would otherwise run off both edges
@@ -35,14 +35,35 @@ def _save(fig, title: str, path: Path) -> Path:
     return path
 
 
-def _sizes(frame: pd.DataFrame) -> str:
+def generated_counts(frame: pd.DataFrame) -> str:
     return "/".join(str(int(n)) for n in sorted(frame["n_generated"].dropna().unique())) if "n_generated" in frame \
         else "?"
 
 
+REFERENCE_LINES = {"fid": ("floor_fid", "real vs real FID"),  # the yardstick drawn across a curve panel
+                   "modes_covered_mean": ("real_modes_covered_mean", "real ceiling")}
+
+
+def _reference_lines(ax, rows: pd.DataFrame, metric: str) -> list[Line2D]:
+    """A dashed line per distinct real-vs-real floor (FID; curve and final evaluations can differ in sizes, so
+    each is labelled with its image counts) or real ceiling (modes); their legend handles."""
+    key, label = REFERENCE_LINES.get(metric, (None, None))
+    if key not in rows or rows[key].isna().all():
+        return []
+    sizes = ["floor_n_b", "floor_n_a"] if metric == "fid" and {"floor_n_a", "floor_n_b"} <= set(rows) else []
+    handles = []
+    for k, (_, r) in enumerate(rows.dropna(subset=[key]).drop_duplicates([key] + sizes).iterrows()):
+        style = dict(color="black", lw=1, ls=("--", ":", "-.")[k % 3])
+        ax.axhline(r[key], **style)
+        counts = f" ({int(r['floor_n_b'])} vs {int(r['floor_n_a'])} images)" if sizes else ""
+        handles.append(Line2D([], [], **style, label=f"{label}{counts}"))
+    return handles
+
+
 def curve_plot(curves: pd.DataFrame, column: str, out: Path) -> Path | None:
     """FID and IS against iteration, one line per head (mean over seeds, min-max band) for the curve
-    evaluations; the final evaluation (its own protocol, often more samples) as a separate star marker."""
+    evaluations; the final evaluation (its own protocol, often more samples) as a separate star marker; the
+    real-vs-real FID floor and the real mode ceiling as dashed lines (closer to them = nearer the data)."""
     c = curves[curves["column"] == column]
     if c.empty or not (c["phase"] == "curve").any():
         return None
@@ -51,7 +72,9 @@ def curve_plot(curves: pd.DataFrame, column: str, out: Path) -> Path | None:
         metrics.append(("modes_covered_mean", "modes covered per class (of 100)"))
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4))
     curve, final = c[c["phase"] == "curve"], c[c["phase"] == "final"]
+    references = []
     for ax, (metric, label) in zip(axes, metrics):
+        references += _reference_lines(ax, c, metric)
         for k, head in enumerate(_heads(c)):
             color = f"C{k}"
             g = curve[curve["head"] == head].groupby("iteration")[metric].agg(["mean", "min", "max"]).reset_index()
@@ -67,14 +90,16 @@ def curve_plot(curves: pd.DataFrame, column: str, out: Path) -> Path | None:
     handles = [Line2D([], [], color=f"C{k}", lw=2, label=head) for k, head in enumerate(_heads(c))]
     handles += [Line2D([], [], color="black", marker="o", ms=3, label="curve (mean over seeds)"),
                 Line2D([], [], color="white", marker="*", ms=12, ls="none", mec="black", mew=0.6, label="final")]
+    handles += references
     axes[-1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    return _save(fig, f"{column}: curve evaluations (lines, n generated = {_sizes(curve)}; band = min..max over "
-                      f"seeds) and final evaluations (stars, n generated = {_sizes(final)})",
+    return save_png_and_pdf(fig, f"{column}: curve evaluations (lines, n generated = {generated_counts(curve)}; band = min..max over "
+                      f"seeds) and final evaluations (stars, n generated = {generated_counts(final)})",
                  out / f"curves_{_slug(column)}.png")
 
 
 def per_class_plot(per_class: pd.DataFrame, column: str, out: Path) -> Path | None:
-    """Per-class bars for each head (mean over seeds), one class order for every panel (by the projection
+    """Per-class bars for each head (mean over seeds, whiskers min..max over seeds: how far one seed's bar can
+    be from another's), one class order for every panel (by the projection
     head's intra-FID); intra-FID on a log axis when heads differ by more than 5x, so a far-off head (`none`)
     does not flatten the others; stacked digits add modes covered with the real ceiling."""
     p = per_class[per_class["column"] == column]
@@ -84,8 +109,9 @@ def per_class_plot(per_class: pd.DataFrame, column: str, out: Path) -> Path | No
               ("diversity_ratio", "diversity ratio (1 = as diverse as real)")]
     if "modes_covered" in p and p["modes_covered"].notna().any():
         panels.append(("modes_covered", "modes covered (of 100)"))
-    means = p.groupby(["head", "class"])[[m for m, _ in panels] + (["real_modes_covered"] if len(panels) > 2
-                                                                   else [])].mean().reset_index()
+    by_class = p.groupby(["head", "class"])[[m for m, _ in panels] + (["real_modes_covered"] if len(panels) > 2
+                                                                      else [])]
+    means, lows, highs = (agg().reset_index() for agg in (by_class.mean, by_class.min, by_class.max))
     heads = _heads(means)
     ref = "projection" if "projection" in heads else heads[0]
     order = means[means["head"] == ref].sort_values("intra_fid")["class"].tolist()
@@ -95,8 +121,11 @@ def per_class_plot(per_class: pd.DataFrame, column: str, out: Path) -> Path | No
     fig, axes = plt.subplots(len(panels), 1, figsize=(12.5, 3.4 * len(panels)))
     for ax, (metric, label) in zip(axes, panels):
         for k, head in enumerate(heads):
-            g = means[means["head"] == head]
-            ax.bar([pos[c] + (k - (len(heads) - 1) / 2) * width for c in g["class"]], g[metric], width, label=head)
+            mine = means["head"] == head
+            g, low, high = means[mine], lows[mine][metric].to_numpy(), highs[mine][metric].to_numpy()
+            ax.bar([pos[c] + (k - (len(heads) - 1) / 2) * width for c in g["class"]], g[metric], width, label=head,
+                   yerr=[g[metric].to_numpy() - low, high - g[metric].to_numpy()],
+                   error_kw=dict(elinewidth=0.6, ecolor="black", capsize=0))
         if metric == "diversity_ratio":
             ax.axhline(1.0, color="black", lw=0.8, ls="--", label="real data")
         if metric == "modes_covered":
@@ -113,7 +142,10 @@ def per_class_plot(per_class: pd.DataFrame, column: str, out: Path) -> Path | No
     axes[-1].set_xlabel(f"class (sorted by {ref}'s intra-FID)")
     for ax in axes:  # outside the axes, so no legend hides a bar or the ceiling
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.005, 1.0), borderaxespad=0)
-    return _save(fig, f"{column}: per-class statistics (mean over seeds)", out / f"per_class_{_slug(column)}.png")
+    seeds = p.groupby("head")["seed"].nunique() if "seed" in p else pd.Series(dtype=int)
+    spread = "; whiskers = min..max over seeds" if len(seeds) and seeds.max() > 1 else ""
+    return save_png_and_pdf(fig, f"{column}: per-class statistics (bars = mean over seeds{spread})",
+                 out / f"per_class_{_slug(column)}.png")
 
 
 def copy_run_images(done: pd.DataFrame, column: str, out: Path) -> dict[str, dict[str, Path]]:
