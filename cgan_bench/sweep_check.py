@@ -1,0 +1,57 @@
+"""Every job of a sweep checked before the first one runs: a bad value in job 5 of 40 is one line and exit
+code 2 at the start, not a refusal hours later after jobs 0-4 trained.
+
+Hydra's basic sweeper expands the overrides (`head=a,b seed=range(3)` and the config's hydra.sweeper.params)
+into jobs and composes each job's config only when its batch launches. This callback, at multirun start,
+expands them the same way (BasicSweeper.split_arguments), composes each job's config with Hydra's own config
+loader (as Sweeper.validate_batch_is_legal does) and runs config.validate on it: the checks a job makes before
+it loads data. Checks that need the dataset (batch vs training-set size) still run per job.
+"""
+import sys
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .config import ConfigError, validate
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def sweep_jobs(config: DictConfig) -> list[list[str]]:
+    """The override list of each job, in launch order, as Hydra's basic sweeper makes them."""
+    params = [f"{k}={v}" for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
+    params += list(OmegaConf.select(config, "hydra.overrides.task") or [])
+    loader = GlobalHydra.instance().config_loader()
+    overrides = OverridesParser.create(config_loader=loader).parse_overrides(params)
+    return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def first_invalid_job(config: DictConfig) -> str | None:
+    """'job N of M (overrides): problem' for the first job whose config fails validation, else None."""
+    loader = GlobalHydra.instance().config_loader()
+    jobs = sweep_jobs(config)
+    for num, job in enumerate(jobs):
+        cfg = loader.load_sweep_config(master_config=config, sweep_overrides=list(job))
+        with open_dict(cfg):
+            del cfg["hydra"]  # the job's own settings, as the job sees them
+        try:
+            validate(cfg)
+        except ConfigError as err:
+            return f"sweep job {num} of {len(jobs)} ({' '.join(job)}): {err}"
+    return None
+
+
+class SweepJobsValid(Callback):
+    """Refuses a sweep (one line, exit code 2, nothing run) when any of its jobs has a setting validation
+    refuses. Only for Hydra's basic sweeper: other sweepers choose values as they go."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        if OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER:
+            return
+        problem = first_invalid_job(config)
+        if problem:
+            print(f"error: {problem}; nothing was run: fix that value and rerun the sweep", file=sys.stderr)
+            sys.exit(2)
