@@ -22,8 +22,10 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 def sweep_jobs(config: DictConfig) -> list[list[str]]:
     """The override list of each job, in launch order, as Hydra's basic sweeper makes them."""
-    params = [f"{k}={v}" for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
-    params += list(OmegaConf.select(config, "hydra.overrides.task") or [])
+    # unresolved, as Hydra's sweeper reads them: `head.x=${model.d_ch}` must stay an interpolation per job
+    swept = OmegaConf.select(config, "hydra.sweeper.params")
+    params = [f"{k}={v}" for k, v in (OmegaConf.to_container(swept, resolve=False) if swept else {}).items()]
+    params += OmegaConf.to_container(config.hydra.overrides.task, resolve=False)
     loader = GlobalHydra.instance().config_loader()
     overrides = OverridesParser.create(config_loader=loader).parse_overrides(params)
     return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
@@ -34,13 +36,16 @@ def first_invalid_job(config: DictConfig) -> str | None:
     loader = GlobalHydra.instance().config_loader()
     jobs = sweep_jobs(config)
     for num, job in enumerate(jobs):
-        cfg = loader.load_sweep_config(master_config=config, sweep_overrides=list(job))
-        with open_dict(cfg):
-            del cfg["hydra"]  # the job's own settings, as the job sees them
         try:
+            cfg = loader.load_sweep_config(master_config=config, sweep_overrides=list(job))
+            with open_dict(cfg):
+                del cfg["hydra"]  # the job's own settings, as the job sees them
             validate(cfg)
         except ConfigError as err:
             return f"sweep job {num} of {len(jobs)} ({' '.join(job)}): {err}"
+        except Exception as err:  # a deleted key, a broken interpolation: what the job itself would stop at
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            return f"sweep job {num} of {len(jobs)} ({' '.join(job)}): {type(err).__name__}: {first_line}"
     return None
 
 

@@ -4,7 +4,6 @@ Each fault is provoked; the tests check the exit code, the one stderr line, stat
 result was lost."""
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -96,13 +95,14 @@ def test_a_floor_cached_under_an_earlier_sizing_rule_is_rebuilt(tmp_path, digits
     legacy = {k: v for k, v in built["floor"].items() if k != "floor_kid_subset_size"}
     built["floor_file"].write_text(json.dumps(legacy))
     assert load_or_compute_noise_floor(space, train, built["ref"], len(train), 100, 1000, str(cache)) == built["floor"]
-    # one from before floor_kid_se: its spread recovered from floor_kid_sem; its subsets held the whole fake side,
-    # so the old spread cannot give the error: left out, never the old (too small) number
+    # one from before floor_kid_se, whose subsets held the whole fake side (the old spread cannot give the
+    # error): the KID part is recomputed (the intra-FID kept, a marker shows it) and the file completed
     old = {k: v for k, v in built["floor"].items() if k not in ("floor_kid_se", "floor_kid_std")}
-    built["floor_file"].write_text(json.dumps({**old, "floor_kid_sem": built["floor"]["floor_kid_std"] / 10}))
+    built["floor_file"].write_text(json.dumps({**old, "floor_kid_sem": built["floor"]["floor_kid_std"] / 10,
+                                               "floor_intra_fid_mean": 123.0}))
     read = load_or_compute_noise_floor(space, train, built["ref"], len(train), 100, 1000, str(cache))
-    assert read["floor_kid_std"] == pytest.approx(built["floor"]["floor_kid_std"]) and math.isnan(read["floor_kid_se"])
-    assert built["floor"]["floor_kid_se"] > 0
+    assert read == {**built["floor"], "floor_intra_fid_mean": 123.0} and built["floor"]["floor_kid_se"] > 0
+    assert json.loads(built["floor_file"].read_text()) == read
 
 
 def test_corrupt_cache_entries_are_named_moved_aside_and_rebuilt(tmp_path, digits, caplog):

@@ -69,3 +69,15 @@ def test_a_floor_recorded_with_the_old_error_is_converted_exactly():
     # runs older still: the size was min(eval.kid_subset_size, both sets), known where at most half of each
     assert with_floor_kid_error(unknown, 1000)["floor_kid_se"] == pytest.approx(new["floor_kid_se"])
     assert np.isnan(with_floor_kid_error({**unknown, "floor_n_a": 1200, "floor_n_b": 1100}, 1000)["floor_kid_se"])
+
+
+def test_sets_too_small_to_resample_give_no_error_and_no_crash():
+    g = torch.Generator().manual_seed(3)
+    for n_fake, n_real in ((3, 50), (2, 50), (2, 2), (50, 3)):
+        fake, real = torch.randn(n_fake, DIM, generator=g), torch.randn(n_real, DIM, generator=g)
+        k = compute.kid_with_error(fake, real, 1000)
+        assert np.isnan(k["se"]) and np.isfinite(k["mean"]), (n_fake, n_real)
+    assert resampling_size(3, 50, 1000) is None and resampling_size(4, 50, 1000) == 2
+    # a floor of a 5-image split for a 10 vs 2 protocol: the 2-image fake side kept, its KID without an error
+    floor = compute.noise_floor(torch.randn(5, DIM, generator=g), torch.arange(5) % 2, 2, 10, 2, 1000)
+    assert (floor["floor_n_a"], floor["floor_n_b"]) == (3, 2) and np.isnan(floor["floor_kid_se"])

@@ -51,3 +51,17 @@ def test_a_bad_setting_shared_by_every_job_names_job_0():
     with sweep_config("head=projection,concat", "train.lr=-1") as cfg:
         problem = first_invalid_job(cfg)
     assert problem.startswith("sweep job 0 of 2 (") and "train.lr=-1" in problem
+
+
+def test_interpolations_in_overrides_stay_per_job_as_hydra_keeps_them():
+    with sweep_config("model=small,sngan", "model.z_dim=${model.g_ch}") as cfg:
+        jobs, problem = sweep_jobs(cfg), first_invalid_job(cfg)
+    # each job keeps the interpolation (in Hydra's own escaped form), not the value it had in the first job
+    assert all(job[-1].startswith("model.z_dim=") and "model.g_ch" in job[-1] for job in jobs)
+    assert problem is None
+
+
+def test_a_job_that_cannot_be_composed_or_read_is_one_line_too():
+    with sweep_config("head=projection,concat", "~train.lr") as cfg:  # a key the job needs, deleted
+        problem = first_invalid_job(cfg)
+    assert problem.startswith("sweep job 0 of 2 (") and "\n" not in problem and "lr" in problem

@@ -160,6 +160,7 @@ def test_kid_is_shown_raw_in_a_classifier_space_and_the_noise_floor_beside_it(re
     assert floor["real vs real (images)"] == "5000 vs 5000"
     assert float(floor["FID"]) == pytest.approx(7.5)
     assert floor["KID ± s.e."] == "-0.40 ± 0.20" and floor["KID subset size"] == "1000"
+    assert "A KID without ±" not in report  # every floor here has its error
     assert "## Published values" not in report  # no CIFAR/ImageNet numbers under a stacked-digits table
 
 
@@ -330,4 +331,10 @@ def test_a_run_recorded_with_the_old_kid_error_gets_todays_in_the_report(tmp_pat
     md = build_report(tmp_path / "sweep", tmp_path / "report", "old run").read_text()
     floor = table(md, "Noise floor").iloc[0]
     # 5000 vs 5000 with subsets of 1000: 0.02 * 10 * sqrt(1000 / 4000 + 1 / 100) = 0.102
-    assert floor["KID ± s.e."] == "-0.40 ± 0.10"
+    assert floor["KID ± s.e."] == "-0.40 ± 0.10" and "A KID without ±" not in md
+    # subsets of 1000 of a 1500-image side held most of it: no error to give, and the report says why
+    for r in lines:
+        r["floor_n_b"] = 1500
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    md = build_report(tmp_path / "sweep", tmp_path / "report2", "old run").read_text()
+    assert table(md, "Noise floor").iloc[0]["KID ± s.e."] == "-0.40" and "A KID without ± has no error" in md

@@ -47,6 +47,8 @@ def kid_with_error(fake: torch.Tensor, real: torch.Tensor, subset_size: int) -> 
     size = effective_kid_subset_size(len(fake), len(real), subset_size)
     mean, std = kid(fake, real, subset_size, size=size)
     probe = resampling_size(len(fake), len(real), size)
+    if probe is None:  # a set of under 4 images: no subsets that resample it
+        return {"mean": mean, "std": std, "subset_size": size, "se": float("nan")}
     probe_std = std if probe == size else kid(fake, real, subset_size, size=probe)[1]
     return {"mean": mean, "std": std, "subset_size": size,
             "se": kid_standard_error(std, len(fake), len(real), size, probe_std, probe)}
@@ -191,26 +193,41 @@ def noise_floor_sizes(n_total: int, n_real: int, n_fake: int) -> tuple[int, int]
     return n_total // 2, n_total - n_total // 2
 
 
+FLOOR_SEED = 2021  # the floor's split of the real images into its two parts
+
+
 def noise_floor(features: torch.Tensor, labels: torch.Tensor, n_classes: int, n_real: int, n_fake: int,
-                kid_subset_size: int, seed: int = 2021, intra: bool = True) -> dict:
+                kid_subset_size: int, seed: int = FLOOR_SEED, intra: bool = True) -> dict:
     """Real vs real: the same metrics between two disjoint random parts of the real split, sized like the
     protocol (n_real vs n_fake) as far as the split allows (noise_floor_sizes). No generator can be told
     apart from the data by less than this. Intra-FID: the same per class, averaged (intra=False: left out, as
     beside the per-class mode's small real subset)."""
-    order = torch.randperm(len(features), generator=torch.Generator().manual_seed(seed))
-    size_a, size_b = noise_floor_sizes(len(features), n_real, n_fake)
-    a, b = order[:size_a], order[size_a:size_a + size_b]
-    k = kid_with_error(features[b], features[a], kid_subset_size)
+    order, a, b = floor_parts(len(features), n_real, n_fake, seed)
     halves = []
     for c in range(n_classes if intra else 0):
         idx = order[labels[order] == c]
         half = len(idx) // 2
         if half >= 2:
             halves.append(fid(features[idx[half:]], features[idx[:half]]))
-    return {"floor_fid": fid(features[b], features[a]), "floor_kid_mean": k["mean"], "floor_kid_std": k["std"],
-            "floor_kid_se": k["se"], "floor_kid_subset_size": k["subset_size"],
+    return {"floor_fid": fid(features[b], features[a]), **floor_kid(features, n_real, n_fake, kid_subset_size, seed),
             "floor_intra_fid_mean": float(np.mean(halves)) if intra else float("nan"),
             "floor_n_a": len(a), "floor_n_b": len(b)}
+
+
+def floor_parts(n_total: int, n_real: int, n_fake: int, seed: int = FLOOR_SEED):
+    """(the seeded order, real-side indices, fake-side indices) of the noise floor's two disjoint parts."""
+    order = torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))
+    size_a, size_b = noise_floor_sizes(n_total, n_real, n_fake)
+    return order, order[:size_a], order[size_a:size_a + size_b]
+
+
+def floor_kid(features: torch.Tensor, n_real: int, n_fake: int, kid_subset_size: int, seed: int = FLOOR_SEED) -> dict:
+    """The floor's KID entries (mean, spread, standard error, subset size) on noise_floor's parts: also what
+    completes a floor cached before the standard error was recorded, without recomputing its intra-FID."""
+    _, a, b = floor_parts(len(features), n_real, n_fake, seed)
+    k = kid_with_error(features[b], features[a], kid_subset_size)
+    return {"floor_kid_mean": k["mean"], "floor_kid_std": k["std"], "floor_kid_se": k["se"],
+            "floor_kid_subset_size": k["subset_size"]}
 
 
 def summarize_per_class(rows: list[dict]) -> dict:

@@ -1,6 +1,8 @@
 """Real-data reference features: computed once per (dataset, split, count, resolution, preprocessing,
 feature space, content) and stored on disk; parallel jobs wait on a lock and share one file."""
+import contextlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +12,7 @@ from tqdm import tqdm
 from ..data import ImageData
 from ..io import atomic_torch_save, atomic_write_json
 from .cache import cache_key, cache_root, fingerprint, load_or_build
-from .compute import effective_kid_subset_size, noise_floor, noise_floor_sizes
+from .compute import effective_kid_subset_size, floor_kid, noise_floor, noise_floor_sizes
 from .kid_error import with_floor_kid_error
 from .feature_space import FeatureSpace
 
@@ -113,7 +115,18 @@ def load_or_compute_noise_floor(space: FeatureSpace, data: ImageData, ref: dict,
     size_a, size_b = noise_floor_sizes(len(ref["features"]), n_real, n_fake)
     kid_size = effective_kid_subset_size(size_b, size_a, kid_subset_size)
     path = base.with_name(f"{base.stem}.floor-r{size_a}-f{size_b}-k{kid_size}.json")
-    load = lambda p: with_floor_kid_error({"floor_kid_subset_size": kid_size, **json.loads(p.read_text())})  # noqa: E731
+
+    def load(p):
+        floor = with_floor_kid_error({"floor_kid_subset_size": kid_size, **json.loads(p.read_text())})
+        se = floor.get("floor_kid_se")
+        if se is None or math.isnan(se):
+            # cached before the floor's KID error was recorded, where the old spread cannot give it: the KID
+            # part alone is recomputed (seconds; the intra-FID kept) and the file completed where writable
+            floor.update(floor_kid(ref["features"], n_real, n_fake, kid_subset_size))
+            with contextlib.suppress(OSError):
+                atomic_write_json(p, floor)
+        return floor
+
     return load_or_build(path, load,  # lock-free read; corrupt: aside, rebuilt
                          lambda: noise_floor(ref["features"], ref["labels"], data.n_classes, n_real, n_fake,
                                              kid_subset_size, intra=first is None), atomic_write_json,

@@ -76,14 +76,14 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
     if not floor.empty:
         lines += ["## Noise floor (real vs real)", "",
                   "The same metrics between two disjoint random parts of the real split (`real split` above), "
-                  "sized like the protocol where the data allows (else the fake side's size kept and the rest real, "
+                  "sized like the protocol where the data allows (else the smaller side's size kept and the rest on the other, "
                   "else halves): differences between heads smaller than these are not evidence. KID's ± is its "
                   "standard error over new draws of both sets, from the spread of its 100 subsets"
                   + (" (each of the size in the last column)" if "KID subset size" in floor else "")
                   + "; on real vs real it overstates, to the safe side."
-                  + ("" if floor.filter(like="KID").apply(lambda c: c.str.contains("±") | (c == "")).all().all() else
-                     " A KID without ± is from runs that predate recording the floor's KID subset size: their "
-                     "recorded spread cannot give the error."), "",
+                  + ("" if floor.filter(like="± s.e.").apply(lambda c: c.str.contains("±") | (c == "")).all().all() else
+                     " A KID without ± has no error: a set of under 4 images, or runs that recorded only a spread "
+                     "from which it cannot be computed."), "",
                   _md(floor)]
     lines += ["## Main table (the paper's layout)", "", _md(tables.metric_table(done, tables.PAPER_METRICS), index=True)]
     if "head" in done and (done["head"] == "concat").any():

@@ -56,7 +56,8 @@ def _reference_lines(ax, rows: pd.DataFrame, metric: str) -> list[Line2D]:
         style = dict(color="black", lw=1, ls=("--", ":", "-.")[k % 3])
         ax.axhline(r[key], **style)
         counts = f" ({int(r['floor_n_b'])} vs {int(r['floor_n_a'])} images)" if sizes else ""
-        handles.append(Line2D([], [], **style, label=f"{label}{counts}"))
+        if f"{label}{counts}" not in [h.get_label() for h in handles]:  # one legend entry per distinct label
+            handles.append(Line2D([], [], **style, label=f"{label}{counts}"))
     return handles
 
 

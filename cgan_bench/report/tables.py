@@ -202,12 +202,12 @@ def noise_floor_table(done: pd.DataFrame) -> pd.DataFrame:
     reference, sized like the protocol where the data allows; see metrics.compute.noise_floor)."""
     if done.empty or "floor_fid" not in done:
         return pd.DataFrame()
-    rows = []
+    rows, spaces = [], column_spaces(done)
     for column, g in done.groupby("column"):
         first = g.dropna(subset=["floor_fid"])
         if first.empty:
             continue
-        f, space = first.iloc[0], first.iloc[0].get("feature_space")
+        f, space = first.iloc[0], spaces.get(column)
         rows.append({"dataset": column, "real vs real (images)": f"{int(f['floor_n_b'])} vs {int(f['floor_n_a'])}",
                      "FID": fmt(f["floor_fid"], float("nan"), "fid"),
                      "intra-FID (class halves)": fmt(f["floor_intra_fid_mean"], float("nan"), "intra_fid_mean"),
@@ -272,7 +272,7 @@ def paired_vs_projection(done: pd.DataFrame, metrics=tuple(VERDICT_METRICS)) -> 
     t-tests, Holm-adjusted; the interval is the simultaneous (Bonferroni) 1 - 0.05 / m interval of the mean
     difference; effect size d_z = mean difference / std of the differences; `reference` is the noise floor
     (real vs real) for FID-type metrics and the real ceiling for mode metrics."""
-    rows = []
+    rows, spaces = [], column_spaces(done)
     for column, g in done.groupby("column"):
         base = g[g["head"] == "projection"].set_index("seed")
         if base.empty:
@@ -293,7 +293,7 @@ def paired_vs_projection(done: pd.DataFrame, metrics=tuple(VERDICT_METRICS)) -> 
             p_raw = [_one_sample_p(d) for _, d in family]
             valid = [p for p in p_raw if not math.isnan(p)]
             p_holm = iter(holm(valid))
-            scale, label = unit(m, g["feature_space"].iloc[0] if "feature_space" in g else None)
+            scale, label = unit(m, spaces.get(column))
             reference = g[FLOOR_OF[m]].dropna().astype(float).mean() * scale if FLOOR_OF.get(m) in g else float("nan")
             for (head, d), p in zip(family, p_raw):
                 n, mean = len(d), d.mean() * scale
