@@ -97,9 +97,11 @@ def validate(cfg: DictConfig) -> None:
     _check(e.feature_space != "digit_channels" or d.name == "stacked_digits", "eval.feature_space", e.feature_space,
            "digit_channels reads one digit per RGB channel: only with dataset=stacked_digits")
     _check(e.real_split in ("train", "test"), "eval.real_split", e.real_split, "train or test")
-    for key in ("n_fake", "n_generated", "curve_generated", "kid_subset_size", "batch_size", "prc_neighborhood",
-                "coverage_k", "classifier_epochs"):
+    for key in ("n_fake", "n_generated", "curve_generated", "batch_size", "prc_neighborhood", "coverage_k",
+                "classifier_epochs"):
         _check(_is_int(e[key]) and e[key] >= 1, f"eval.{key}", e[key], "an integer >= 1")
+    _check(_is_int(e.kid_subset_size) and e.kid_subset_size >= 2, "eval.kid_subset_size", e.kid_subset_size,
+           "an integer >= 2 (KID's unbiased estimate needs two images per side; 1000 is torch-fidelity's default)")
     _check(_is_int(e.n_real) and (e.n_real >= 2 or e.n_real == -1), "eval.n_real", e.n_real,
            "an integer >= 2, or -1 for the whole real split")
     _check(_is_int(e.isc_splits) and 1 <= e.isc_splits <= e.n_generated, "eval.isc_splits", e.isc_splits,

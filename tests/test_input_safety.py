@@ -182,6 +182,7 @@ def composed(*overrides: str):
     (["dataset.resolution=4096"], "dataset.resolution=4096 is not allowed: at most 256"),
     (["dataset.resolution=512"], "at most 256"),
     (["dataset=imagefolder", "dataset.path=/x", "dataset.skip_bad_files=maybe"], "dataset.skip_bad_files"),
+    (["eval.kid_subset_size=1"], "eval.kid_subset_size=1 is not allowed: an integer >= 2"),  # gave a NaN KID
 ])
 def test_validate_refuses_with_one_line(overrides, message):
     with pytest.raises(ConfigError) as err:
