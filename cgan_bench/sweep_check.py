@@ -41,11 +41,10 @@ def first_invalid_job(config: DictConfig) -> str | None:
             with open_dict(cfg):
                 del cfg["hydra"]  # the job's own settings, as the job sees them
             validate(cfg)
-        except ConfigError as err:
-            return f"sweep job {num} of {len(jobs)} ({' '.join(job)}): {err}"
-        except Exception as err:  # a deleted key, a broken interpolation: what the job itself would stop at
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            return f"sweep job {num} of {len(jobs)} ({' '.join(job)}): {type(err).__name__}: {first_line}"
+        except Exception as err:  # a ConfigError; or a deleted key, a broken interpolation the job would stop at
+            text = str(err) if isinstance(err, ConfigError) else \
+                f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+            return f"sweep job {num} of {len(jobs)} ({' '.join(job)}): {text}"
     return None
 
 

@@ -32,10 +32,13 @@ def effective_kid_subset_size(n_fake: int, n_real: int, requested: int) -> int:
     return size
 
 
-def kid(fake: torch.Tensor, real: torch.Tensor, subset_size: int, subsets: int = KID_SUBSETS,
-        size: int | None = None) -> tuple[float, float]:
-    """torch-fidelity's KID (mean, spread) over `subsets` subsets of effective_kid_subset_size (or `size`)."""
-    size = size or effective_kid_subset_size(len(fake), len(real), subset_size)
+def kid(fake: torch.Tensor, real: torch.Tensor, subset_size: int, subsets: int = KID_SUBSETS) -> tuple[float, float]:
+    """torch-fidelity's KID (mean, spread) over `subsets` subsets of effective_kid_subset_size."""
+    return kid_on_subsets_of(fake, real, effective_kid_subset_size(len(fake), len(real), subset_size), subsets)
+
+
+def kid_on_subsets_of(fake: torch.Tensor, real: torch.Tensor, size: int, subsets: int = KID_SUBSETS
+                      ) -> tuple[float, float]:
     out = kid_features_to_metric(fake, real, kid_subsets=subsets, kid_subset_size=size, rng_seed=RNG_SEED,
                                  verbose=False)
     return out[KEY_METRIC_KID_MEAN], out[KEY_METRIC_KID_STD]
@@ -45,13 +48,13 @@ def kid_with_error(fake: torch.Tensor, real: torch.Tensor, subset_size: int) -> 
     """KID with its standard error (metrics.kid_error.kid_standard_error): where the protocol's subsets take
     more than half of a set, a second pass on subsets of half the smaller set measures the sets' noise."""
     size = effective_kid_subset_size(len(fake), len(real), subset_size)
-    mean, std = kid(fake, real, subset_size, size=size)
+    mean, std = kid_on_subsets_of(fake, real, size)
     probe = resampling_size(len(fake), len(real), size)
-    if probe is None:  # a set of under 4 images: no subsets that resample it
-        return {"mean": mean, "std": std, "subset_size": size, "se": float("nan")}
-    probe_std = std if probe == size else kid(fake, real, subset_size, size=probe)[1]
-    return {"mean": mean, "std": std, "subset_size": size,
-            "se": kid_standard_error(std, len(fake), len(real), size, probe_std, probe)}
+    se = float("nan")  # a set of under 4 images (probe None): no subsets that resample it
+    if probe is not None:
+        probe_std = std if probe == size else kid_on_subsets_of(fake, real, probe)[1]
+        se = kid_standard_error(std, len(fake), len(real), size, probe_std, probe)
+    return {"mean": mean, "std": std, "subset_size": size, "se": se}
 
 
 def precision_recall(fake: torch.Tensor, real: torch.Tensor, k: int) -> tuple[float, float]:
@@ -209,7 +212,7 @@ def noise_floor(features: torch.Tensor, labels: torch.Tensor, n_classes: int, n_
         half = len(idx) // 2
         if half >= 2:
             halves.append(fid(features[idx[half:]], features[idx[:half]]))
-    return {"floor_fid": fid(features[b], features[a]), **floor_kid(features, n_real, n_fake, kid_subset_size, seed),
+    return {"floor_fid": fid(features[b], features[a]), **floor_kid(features[b], features[a], kid_subset_size),
             "floor_intra_fid_mean": float(np.mean(halves)) if intra else float("nan"),
             "floor_n_a": len(a), "floor_n_b": len(b)}
 
@@ -221,11 +224,10 @@ def floor_parts(n_total: int, n_real: int, n_fake: int, seed: int = FLOOR_SEED):
     return order, order[:size_a], order[size_a:size_a + size_b]
 
 
-def floor_kid(features: torch.Tensor, n_real: int, n_fake: int, kid_subset_size: int, seed: int = FLOOR_SEED) -> dict:
-    """The floor's KID entries (mean, spread, standard error, subset size) on noise_floor's parts: also what
-    completes a floor cached before the standard error was recorded, without recomputing its intra-FID."""
-    _, a, b = floor_parts(len(features), n_real, n_fake, seed)
-    k = kid_with_error(features[b], features[a], kid_subset_size)
+def floor_kid(fake_side: torch.Tensor, real_side: torch.Tensor, kid_subset_size: int) -> dict:
+    """The floor's KID entries (mean, spread, standard error, subset size) on its two parts (floor_parts): also
+    what completes a floor cached before the standard error was recorded, without recomputing its intra-FID."""
+    k = kid_with_error(fake_side, real_side, kid_subset_size)
     return {"floor_kid_mean": k["mean"], "floor_kid_std": k["std"], "floor_kid_se": k["se"],
             "floor_kid_subset_size": k["subset_size"]}
 

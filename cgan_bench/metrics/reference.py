@@ -12,7 +12,7 @@ from tqdm import tqdm
 from ..data import ImageData
 from ..io import atomic_torch_save, atomic_write_json
 from .cache import cache_key, cache_root, fingerprint, load_or_build
-from .compute import effective_kid_subset_size, floor_kid, noise_floor, noise_floor_sizes
+from .compute import effective_kid_subset_size, floor_kid, floor_parts, noise_floor, noise_floor_sizes
 from .kid_error import with_floor_kid_error
 from .feature_space import FeatureSpace
 
@@ -117,12 +117,15 @@ def load_or_compute_noise_floor(space: FeatureSpace, data: ImageData, ref: dict,
     path = base.with_name(f"{base.stem}.floor-r{size_a}-f{size_b}-k{kid_size}.json")
 
     def load(p):
-        floor = with_floor_kid_error({"floor_kid_subset_size": kid_size, **json.loads(p.read_text())})
-        se = floor.get("floor_kid_se")
-        if se is None or math.isnan(se):
-            # cached before the floor's KID error was recorded, where the old spread cannot give it: the KID
-            # part alone is recomputed (seconds; the intra-FID kept) and the file completed where writable
-            floor.update(floor_kid(ref["features"], n_real, n_fake, kid_subset_size))
+        floor = {"floor_kid_subset_size": kid_size, **json.loads(p.read_text())}
+        if "floor_kid_se" in floor:
+            return floor
+        floor = with_floor_kid_error(floor)  # cached before the floor's KID error was recorded
+        if math.isnan(floor.get("floor_kid_se", float("nan"))):
+            # the old spread cannot give it: the KID part alone is recomputed (seconds; the intra-FID kept)
+            # and the file completed where writable
+            _, a, b = floor_parts(len(ref["features"]), n_real, n_fake)
+            floor.update(floor_kid(ref["features"][b], ref["features"][a], kid_subset_size))
             with contextlib.suppress(OSError):
                 atomic_write_json(p, floor)
         return floor

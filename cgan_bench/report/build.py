@@ -76,14 +76,14 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
     if not floor.empty:
         lines += ["## Noise floor (real vs real)", "",
                   "The same metrics between two disjoint random parts of the real split (`real split` above), "
-                  "sized like the protocol where the data allows (else the smaller side's size kept and the rest on the other, "
-                  "else halves): differences between heads smaller than these are not evidence. KID's ± is its "
+                  "sized like the protocol where the data allows (else the smaller side's size kept and the rest "
+                  "on the other, else halves): differences between heads smaller than these are not evidence. "
+                  "KID's ± is its "
                   "standard error over new draws of both sets, from the spread of its 100 subsets"
                   + (" (each of the size in the last column)" if "KID subset size" in floor else "")
                   + "; on real vs real it overstates, to the safe side."
-                  + ("" if floor.filter(like="± s.e.").apply(lambda c: c.str.contains("±") | (c == "")).all().all() else
-                     " A KID without ± has no error: a set of under 4 images, or runs that recorded only a spread "
-                     "from which it cannot be computed."), "",
+                  + (" A KID without ± has no error: a set of under 4 images, or runs that recorded only a spread "
+                     "from which it cannot be computed." if tables.kid_without_error(floor) else ""), "",
                   _md(floor)]
     lines += ["## Main table (the paper's layout)", "", _md(tables.metric_table(done, tables.PAPER_METRICS), index=True)]
     if "head" in done and (done["head"] == "concat").any():
@@ -100,7 +100,8 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
               "intra-FID: FID between generated and real images of one class, averaged over classes (the paper's "
               "metric). KID: torch-fidelity's unbiased KID on subsets of min(1000, n) images (half the "
               "smaller set where that would draw more than half of both sets), ×10³ in Inception space as in the "
-              "literature, raw in the classifier spaces (whose features give KIDs in the tens to hundreds). Density and coverage: "
+              "literature, raw in the classifier spaces (whose features give KIDs in the tens to hundreds). "
+              "Density and coverage: "
               "Naeem et al. (2020), k = 5, on the whole sets; within-class coverage: the same coverage inside each "
               "class (on up to `eval.diversity_pairs_max` images per side), averaged. Diversity ratio: mean pairwise "
               "feature distance of generated / real images of a class (1 = as diverse as the data). Near-duplicate "

@@ -193,8 +193,9 @@ def curve_plot(rows: pd.DataFrame, curves: pd.DataFrame, out: Path, title: str) 
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    return save_png_and_pdf(fig, f"{title}: during the fine-tune, curve evaluations (n generated = {generated_counts(c)}, one line per "
-                      f"weight, mean over its runs)", out / "finetune_curves.png")
+    return save_png_and_pdf(fig, f"{title}: during the fine-tune, curve evaluations (n generated = "
+                                 f"{generated_counts(c)}, one line per weight, mean over its runs)",
+                            out / "finetune_curves.png")
 
 
 def classifier_notes(rows: pd.DataFrame) -> list[str]:

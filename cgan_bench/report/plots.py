@@ -93,9 +93,9 @@ def curve_plot(curves: pd.DataFrame, column: str, out: Path) -> Path | None:
                 Line2D([], [], color="white", marker="*", ms=12, ls="none", mec="black", mew=0.6, label="final")]
     handles += references
     axes[-1].legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
-    return save_png_and_pdf(fig, f"{column}: curve evaluations (lines, n generated = {generated_counts(curve)}; band = min..max over "
-                      f"seeds) and final evaluations (stars, n generated = {generated_counts(final)})",
-                 out / f"curves_{_slug(column)}.png")
+    return save_png_and_pdf(fig, f"{column}: curve evaluations (lines, n generated = {generated_counts(curve)}; "
+                                 f"band = min..max over seeds) and final evaluations (stars, n generated = "
+                                 f"{generated_counts(final)})", out / f"curves_{_slug(column)}.png")
 
 
 def per_class_plot(per_class: pd.DataFrame, column: str, out: Path) -> Path | None:
@@ -146,7 +146,7 @@ def per_class_plot(per_class: pd.DataFrame, column: str, out: Path) -> Path | No
     seeds = p.groupby("head")["seed"].nunique() if "seed" in p else pd.Series(dtype=int)
     spread = "; whiskers = min..max over seeds" if len(seeds) and seeds.max() > 1 else ""
     return save_png_and_pdf(fig, f"{column}: per-class statistics (bars = mean over seeds{spread})",
-                 out / f"per_class_{_slug(column)}.png")
+                            out / f"per_class_{_slug(column)}.png")
 
 
 def copy_run_images(done: pd.DataFrame, column: str, out: Path) -> dict[str, dict[str, Path]]:

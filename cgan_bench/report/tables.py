@@ -211,7 +211,7 @@ def noise_floor_table(done: pd.DataFrame) -> pd.DataFrame:
         rows.append({"dataset": column, "real vs real (images)": f"{int(f['floor_n_b'])} vs {int(f['floor_n_a'])}",
                      "FID": fmt(f["floor_fid"], float("nan"), "fid"),
                      "intra-FID (class halves)": fmt(f["floor_intra_fid_mean"], float("nan"), "intra_fid_mean"),
-                     # runs from before the floor recorded a KID spread: the mean alone
+                     # no error (a tiny set, an old run's unusable spread): the mean alone
                      f"{unit('kid_mean', space)[1]} ± s.e.": fmt(f["floor_kid_mean"], f.get("floor_kid_se"),
                                                                  "kid_mean", space),
                      # runs from before the floor recorded it: unknown (their subsets may all have been one pair)
@@ -219,6 +219,12 @@ def noise_floor_table(done: pd.DataFrame) -> pd.DataFrame:
                                          pd.notna(f.get("floor_kid_subset_size", float("nan"))) else "")})
     table = pd.DataFrame(rows).fillna("")  # columns of KID in two units: each row fills its own
     return table if (table["KID subset size"] != "").any() else table.drop(columns="KID subset size")
+
+
+def kid_without_error(floor: pd.DataFrame) -> bool:
+    """Whether a row of noise_floor_table shows a KID without its ± (each row fills one KID column)."""
+    cells = floor.filter(like="± s.e.").to_numpy().ravel()
+    return any(cell and "±" not in cell for cell in cells)
 
 
 BEST_METRICS = ["fid", "is_mean", "intra_fid_mean"]  # final and best checkpoint side by side
