@@ -16,6 +16,7 @@ import yaml
 from PIL import Image
 
 from cgan_bench.report.build import build_report
+from cgan_bench.report.tables import UNIT_COLUMNS  # per metric: difference, interval, reference, detectable
 from test_verdicts import final_numbers, table
 
 HEADS = ("projection", "concat", "acgan")
@@ -146,7 +147,7 @@ def test_every_column_has_one_number_format(report):
             groups = {}
             for j, col in enumerate(header):
                 for r in body:
-                    key = (col, r[metric]) if col in ("difference", "ci_low", "ci_high", "reference") else col
+                    key = (col, r[metric]) if col in UNIT_COLUMNS else col
                     groups.setdefault(key, []).append(r[j])
             for col in ("p_holm", "effect_dz"):
                 assert all(significant(c) == 4 for c in groups.pop(col) if c), (name, col)

@@ -134,8 +134,15 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
               "over the differences' std. `reference`: the real-vs-real noise floor (FID, intra-FID, KID) or the "
               "real ceiling (modes, KL). A verdict other than \"no clear difference\" needs p_holm < 0.05; on "
               "FID and intra-FID it adds \"by less than the real-vs-real floor\" where the difference is smaller "
-              "than the floor (consistent over seeds, but within what two halves of the real data differ by).", "",
+              "than the floor (consistent over seeds, but within what two halves of the real data differ by). "
+              "How many seeds a verdict needs (the test's power at its family's level, alpha = 0.05 / heads, "
+              "Bonferroni, which Holm never needs more than): `detectable` is the smallest true difference "
+              "these seeds would detect with 80% probability at the observed seed-to-seed spread of the "
+              "differences, `pairs_80` the seeds (pairs) that would detect the observed difference with 80% "
+              "probability (\"> 1000\": no seed budget will). Both come from the few differences at hand, whose "
+              "spread is itself uncertain: a planning estimate, not a result.", "",
               _md(tables.format_paired(paired))]
+    lines += tables.seed_cost_lines(done) if not paired.empty else []
 
     lines += ["## Figures", ""]
     for column in sorted(done["column"].unique()) if not done.empty else []:

@@ -9,6 +9,7 @@ import pandas as pd
 from scipy import stats
 
 from ..metrics.kid_error import kid_unit
+from . import power
 
 HIGHER_BETTER = {"is_mean", "precision", "recall", "coverage", "class_coverage_mean", "class_accuracy",
                  "modes_covered_mean", "modes_total"}
@@ -277,7 +278,9 @@ def paired_vs_projection(done: pd.DataFrame, metrics=tuple(VERDICT_METRICS)) -> 
     """Each head against projection, paired by seed, one family per (column, metric): the heads' paired
     t-tests, Holm-adjusted; the interval is the simultaneous (Bonferroni) 1 - 0.05 / m interval of the mean
     difference; effect size d_z = mean difference / std of the differences; `reference` is the noise floor
-    (real vs real) for FID-type metrics and the real ceiling for mode metrics."""
+    (real vs real) for FID-type metrics and the real ceiling for mode metrics. `detectable` and `pairs_80`: the
+    test's power at the family's level (report/power.py): the smallest difference these seeds detect with 80%
+    probability, and the seeds that would detect the observed difference."""
     rows, spaces = [], column_spaces(done)
     for column, g in done.groupby("column"):
         base = g[g["head"] == "projection"].set_index("seed")
@@ -306,15 +309,17 @@ def paired_vs_projection(done: pd.DataFrame, metrics=tuple(VERDICT_METRICS)) -> 
                 sd = d.std(ddof=1) * scale if n > 1 else float("nan")
                 half = stats.t.ppf(1 - (1 - level) / 2, n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
                 adjusted = next(p_holm) if not math.isnan(p) else float("nan")
+                spread = 0.0 if n > 1 and _constant(d) else sd  # equal differences: the sign-flip test's count
                 rows.append({"dataset": column, "metric": label, "head": head, "pairs": n,
                              "difference": mean, "ci_low": mean - half, "ci_high": mean + half,
                              "p_holm": adjusted, "effect_dz": mean / sd if sd and sd > 0 else float("nan"),
-                             "reference": reference, "verdict": _verdict(m, mean, adjusted, n, reference),
-                             "_metric": m})
+                             "reference": reference, "detectable": power.detectable_difference(sd, n, 1 - level),
+                             "pairs_80": power.pairs_needed(mean, spread, 1 - level) if n > 1 else float("nan"),
+                             "verdict": _verdict(m, mean, adjusted, n, reference), "_metric": m})
     return pd.DataFrame(rows)
 
 
-UNIT_COLUMNS = ("difference", "ci_low", "ci_high", "reference")  # in the metric's units
+UNIT_COLUMNS = ("difference", "ci_low", "ci_high", "reference", "detectable")  # in the metric's units
 SIGNIFICANT_COLUMNS = ("p_holm", "effect_dz")  # unitless, 4 significant digits
 
 
@@ -331,7 +336,39 @@ def format_paired(paired: pd.DataFrame) -> pd.DataFrame:
         for c in SIGNIFICANT_COLUMNS:
             out.at[i, c] = num(paired.at[i, c], "#.4g")
         out.at[i, "pairs"] = num(paired.at[i, "pairs"], "d")
+        out.at[i, "pairs_80"] = pairs_text(paired.at[i, "pairs_80"])
     return out
+
+
+def seed_cost_lines(done: pd.DataFrame) -> list[str]:
+    """What one more seed costs per column: every head runs once more (pairs are by seed), at the mean training
+    wall time of the column's completed runs on the device they ran on."""
+    lines = []
+    for column, g in done.groupby("column"):
+        wall = g.get("wall_s", pd.Series(dtype=float)).dropna().astype(float)
+        if wall.empty:
+            continue
+        heads = g["head"].nunique()
+        lines.append(f"- {column}: one more seed of all {heads} heads costs {heads} runs x {duration(wall.mean())} "
+                     f"of training (mean of these {len(wall)} runs, final evaluation not counted; "
+                     f"{device_label(g) or 'device not recorded'}) = {duration(heads * wall.mean())}.")
+    return ["Cost of a seed:", "", *lines, ""] if lines else []
+
+
+def duration(seconds: float) -> str:
+    """A wall time as people read it: 42 s, 12.5 min, 3.2 h."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def pairs_text(needed) -> str:
+    """power.pairs_needed as text: a count, "> 1000" where no budget resolves it, empty without a test."""
+    if needed == math.inf:
+        return f"> {power.MOST_PAIRS}"
+    return num(needed, "d")
 
 
 def num(value, spec: str) -> str:

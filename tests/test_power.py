@@ -1,0 +1,97 @@
+"""How many seeds a verdict needs (report/power.py): the power of the report's paired t-test checked against a
+simulation of scipy's own test, the sign-flip count against the report's verdicts, and the report's columns
+and cost-of-a-seed line parsed from a report built from run directories written here."""
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from cgan_bench.report import power
+from cgan_bench.report.build import build_report
+from cgan_bench.report.tables import paired_vs_projection
+from test_verdicts import frame, table, write_run
+
+DRAWS = 40_000  # simulated studies per check: the simulated power's s.e. is at most 0.0025
+
+
+def simulated_power(mean: float, sd: float, n: int, alpha: float, seed: int = 0) -> float:
+    """The share of simulated studies (n normal paired differences) that scipy's one-sample t-test rejects."""
+    d = np.random.default_rng(seed).normal(mean, sd, size=(DRAWS, n))
+    return float((stats.ttest_1samp(d, 0.0, axis=1).pvalue < alpha).mean())
+
+
+@pytest.mark.parametrize("n, alpha", [(3, 0.05), (5, 0.05 / 7), (12, 0.05 / 3)])
+def test_the_detectable_difference_is_found_with_80_percent_probability(n, alpha):
+    sd = 3.0
+    mdd = power.detectable_difference(sd, n, alpha)
+    assert simulated_power(mdd, sd, n, alpha) == pytest.approx(0.80, abs=0.012)
+    assert simulated_power(0.8 * mdd, sd, n, alpha) < 0.75  # a smaller difference is missed more often
+
+
+def test_more_seeds_detect_smaller_differences():
+    found = [power.detectable_difference(1.0, n, 0.05) for n in (2, 3, 5, 10, 40)]
+    assert found == sorted(found, reverse=True)
+    # many seeds: the normal approximation (z_{1-alpha/2} + z_{0.8}) / sqrt(n)
+    assert found[-1] == pytest.approx((stats.norm.ppf(0.975) + stats.norm.ppf(0.8)) / math.sqrt(40), rel=0.03)
+    assert math.isnan(power.detectable_difference(1.0, 1, 0.05))  # one pair: no test
+    assert math.isnan(power.detectable_difference(0.0, 5, 0.05))  # no spread to scale by
+
+
+@pytest.mark.parametrize("mean, sd, alpha", [(1.0, 2.0, 0.05 / 7), (0.5, 0.4, 0.05), (3.0, 10.0, 0.05 / 2)])
+def test_pairs_needed_is_the_fewest_seeds_reaching_80_percent(mean, sd, alpha):
+    n = power.pairs_needed(mean, sd, alpha)
+    assert simulated_power(mean, sd, n, alpha, seed=1) >= 0.80 - 0.012
+    assert simulated_power(mean, sd, n - 1, alpha, seed=2) < 0.80 + 0.012
+    assert power.pairs_needed(-mean, sd, alpha) == n  # two-sided
+
+
+def test_pairs_needed_beyond_any_budget_or_without_numbers():
+    assert power.pairs_needed(0.0, 1.0, 0.05) == math.inf
+    assert power.pairs_needed(0.01, 1.0, 0.05) == math.inf  # d_z 0.01: ~80,000 pairs
+    assert math.isnan(power.pairs_needed(float("nan"), 1.0, 0.05))
+
+
+@pytest.mark.parametrize("heads", [2, 4])
+def test_equal_differences_need_the_sign_flip_count_the_report_itself_gives_a_verdict_at(heads):
+    """Zero spread: the report uses the exact sign-flip test; pairs_needed's count is where its verdict appears."""
+    family = [f"h{i}" for i in range(heads - 1)]
+    alpha = 0.05 / len(family)
+    needed = power.pairs_needed(-3.0, 0.0, alpha)
+    for n, verdict in ((needed - 1, "no clear difference"), (needed, "worse than projection")):
+        values = {"projection": [90.0 + s for s in range(n)], **{h: [87.0 + s for s in range(n)] for h in family}}
+        rows = paired_vs_projection(frame(values, "modes_covered_mean"), metrics=("modes_covered_mean",))
+        assert set(rows["verdict"]) == {verdict}, n
+        assert set(rows["pairs_80"]) == {needed}
+
+
+def test_the_report_shows_each_rows_power_and_the_cost_of_a_seed(tmp_path):
+    heads, seeds = ("projection", "concat", "acgan", "none"), range(5)
+    for head in heads:
+        for seed in seeds:
+            write_run(tmp_path / "sweep", head, seed)
+            status = tmp_path / "sweep" / f"{head}_s{seed}" / "status.json"
+            status.write_text(json.dumps({**json.loads(status.read_text()), "wall_s": 60.0 * (seed + 1)}))
+    md = build_report(tmp_path / "sweep", tmp_path / "report", "power test").read_text()
+    paired = table(md, "Each head against projection")
+    assert {"detectable", "pairs_80"} <= set(paired.columns)
+    fid = paired[paired["metric"] == "FID"].set_index("head")
+    for head in ("concat", "acgan", "none"):
+        row = fid.loc[head]
+        mean, dz = float(row["difference"]), float(row["effect_dz"])
+        sd = mean / dz
+        assert float(row["detectable"]) == pytest.approx(power.detectable_difference(sd, 5, 0.05 / 3), rel=2e-3)
+        needed = power.pairs_needed(mean, sd, 0.05 / 3)
+        assert row["pairs_80"] == ("> 1000" if needed == math.inf else str(needed))
+    # seeds 0..4 trained 60..300 s: mean 180 s = 3.0 min; 4 heads -> 12.0 min for one more seed of each
+    line = next(x for x in md.splitlines() if x.startswith("- stacked_digits: one more seed"))
+    assert "all 4 heads costs 4 runs x 3.0 min of training (mean of these 20 runs" in line
+    assert line.endswith("= 12.0 min.")
+
+
+def test_a_one_seed_sweep_has_no_power_numbers():
+    rows = paired_vs_projection(frame({"projection": [40.0], "concat": [44.0]}, "fid"), metrics=("fid",))
+    assert math.isnan(rows.iloc[0]["detectable"]) and math.isnan(rows.iloc[0]["pairs_80"])
+    assert isinstance(rows, pd.DataFrame) and rows.iloc[0]["verdict"] == "one seed: no test"
