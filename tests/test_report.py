@@ -387,3 +387,32 @@ def test_two_sweeps_with_the_same_name_keep_their_own_reports(tmp_path):
     assert built_from(tmp_path / "published" / "same").name == "first"
     sweep("second", "report.overwrite=true")  # its job is already completed: skipped, the report rebuilt
     assert built_from(tmp_path / "published" / "same").name == "second"
+
+
+@pytest.mark.parametrize("failed_job", [False, True])
+def test_a_report_that_cannot_be_built_is_one_line_and_exit_1_and_failed_jobs_still_listed(
+        tmp_path, capsys, failed_job):
+    """Hydra turns an exception in on_multirun_end into a warning and exit code 0: a sweep whose report failed (here
+    for real: a file takes the report folder's path) looked finished, and its failed jobs went unreported."""
+    from omegaconf import OmegaConf
+    from cgan_bench.report.callback import ReportOnMultirunEnd
+    from test_verdicts import write_run
+    sweep_dir = tmp_path / "multirun"
+    for seed in (0, 1):
+        write_run(sweep_dir, "projection", seed)
+    if failed_job:
+        (sweep_dir / "projection_s1" / "status.json").write_text(json.dumps(
+            {"state": "failed", "iteration": 3, "total_iterations": 10, "reason": "provoked"}))
+    (sweep_dir / "report").write_text("not a folder")
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}, "sweep_name": "t",
+                            "report": {"publish": None, "overwrite": False}, "report_dir": None})
+    with pytest.raises(SystemExit) as stop:
+        ReportOnMultirunEnd().on_multirun_end(cfg)
+    assert stop.value.code == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("error: the sweep's report could not be built (")
+    assert lines[0].endswith(f"rebuild it with `python -m cgan_bench.report {sweep_dir}`")
+    assert len(lines) == (2 if failed_job else 1)
+    if failed_job:
+        assert lines[1] == f"error: 1 of 2 jobs did not complete; their run directories are in {sweep_dir}"
+    assert (sweep_dir / "projection_s0" / "metrics.jsonl").exists()  # the finished runs are untouched

@@ -3,7 +3,8 @@
 Hydra skips on_multirun_end when a job or the launcher raises, so jobs record failures in their run directory
 and return instead of raising (see app.main), and `hydra/launcher=joblib` marks a job whose worker died failed
 and returns (cgan_bench/launch.py); this callback then runs, lists every run that did not complete (state and
-reason) and exits 1.
+reason) and exits 1. A report that cannot be built is one error line (with the command that rebuilds it from
+the runs) and exit 1 too, not Hydra's warning and exit 0.
 
 The report lives with its sweep: `<sweep dir>/report/` (report.md, CSVs, PNGs; `<sweep dir>/report.md` links
 to it), so two sweeps never share one. `report.publish=PATH` also copies the finished folder to PATH; where
@@ -51,6 +52,29 @@ class ReportOnMultirunEnd(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         name = config.get("sweep_name") or sweep_dir.name
+        # Hydra turns an exception here into a warning and exit code 0: a report that cannot be built (a bug, a
+        # full disk) must neither hide failed jobs nor pass for a finished sweep, so it is one line and exit 1
+        try:
+            report = self.report(config, sweep_dir, name)
+        except Exception as err:  # the runs are untouched: say how to rebuild the report from them
+            log.debug("the report failed", exc_info=True)
+            print(f"error: the sweep's report could not be built ({type(err).__name__}: {err}); its runs are "
+                  f"intact in {sweep_dir}: rebuild it with `python -m cgan_bench.report {sweep_dir}`",
+                  file=sys.stderr)
+            report = None
+        runs = load_sweep(sweep_dir).runs
+        bad = runs[runs["state"] != "completed"] if not runs.empty else runs
+        if len(bad):
+            for r in bad.itertuples():
+                log.error("job %s: %s %s", r.run, r.state, r.reason)
+            where = f"see {report}" if report is not None else f"their run directories are in {sweep_dir}"
+            print(f"error: {len(bad)} of {len(runs)} jobs did not complete; {where}", file=sys.stderr)
+        if len(bad) or report is None:
+            sys.exit(1)
+
+    @staticmethod
+    def report(config: DictConfig, sweep_dir: Path, name: str) -> Path:
+        """Build the sweep's own report, then publish a copy where report.publish asks for one."""
         report = write_report(sweep_dir, sweep_dir / OWN_FOLDER, name)
         log.info("report: %s (linked from %s)", report, sweep_dir / "report.md")
         target = publish_target(config, name)
@@ -60,10 +84,4 @@ class ReportOnMultirunEnd(Callback):
                     sweep_dir, target, bool((config.get("report") or {}).get("overwrite")), OVERWRITE))
             except ReportExists as err:
                 log.warning("report not published: %s; it is in %s", err, report.parent)
-        runs = load_sweep(sweep_dir).runs
-        bad = runs[runs["state"] != "completed"] if not runs.empty else runs
-        if len(bad):
-            for r in bad.itertuples():
-                log.error("job %s: %s %s", r.run, r.state, r.reason)
-            print(f"error: {len(bad)} of {len(runs)} jobs did not complete; see {report}", file=sys.stderr)
-            sys.exit(1)
+        return report
