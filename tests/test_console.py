@@ -166,7 +166,7 @@ def test_a_fresh_classifier_cache_announces_its_training_and_a_warm_one_is_silen
     assert any(m.startswith("built the domain classifier for digits (1 epochs) in ") for m in messages)
     err = capsys.readouterr().err.replace("\r", "\n")
     steps = -(-len(train) // 128)
-    assert f"domain classifier (digits): 100%" in err and f"{steps}/{steps}" in err and "epoch=1/1" in err
+    assert "domain classifier (digits): 100%" in err and f"{steps}/{steps}" in err and "epoch=1/1" in err
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="cgan_bench"):

@@ -87,8 +87,18 @@ def test_the_report_shows_each_rows_power_and_the_cost_of_a_seed(tmp_path):
         assert row["pairs_80"] == ("> 1000" if needed == math.inf else str(needed))
     # seeds 0..4 trained 60..300 s: mean 180 s = 3.0 min; 4 heads -> 12.0 min for one more seed of each
     line = next(x for x in md.splitlines() if x.startswith("- stacked_digits: one more seed"))
-    assert "all 4 heads costs 4 runs x 3.0 min of training (mean of these 20 runs" in line
+    assert "all 4 heads costs 4 runs x 3.0 min (training with its curve evaluations: mean of these 20 runs" in line
     assert line.endswith("= 12.0 min.")
+    # with each run's final evaluation (eval_s, 30 s) recorded, it is counted too: 3.5 min per run, 14.0 min
+    for head in heads:
+        for seed in seeds:
+            metrics = tmp_path / "sweep" / f"{head}_s{seed}" / "metrics.jsonl"
+            lines = [json.loads(x) for x in metrics.read_text().splitlines()]
+            metrics.write_text("".join(json.dumps({**x, "eval_s": 30.0}) + "\n" for x in lines))
+    md = build_report(tmp_path / "sweep", tmp_path / "report2", "power test").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("- stacked_digits: one more seed"))
+    assert "4 runs x 3.5 min (training with its curve evaluations and the final evaluation: mean of" in line
+    assert line.endswith("= 14.0 min.")
 
 
 def test_a_one_seed_sweep_has_no_power_numbers():

@@ -1,7 +1,6 @@
 """Failure modes: killed and resumed runs are bit-identical, SIGTERM preempts cleanly, divergence and crashes
 are recorded, corrupt checkpoints fall back, bad input is one line with exit code 2, launchers work."""
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -3,7 +3,6 @@ kept out of the charts, best-value summaries, git + system stats, the morph figu
 run's .wandb transaction log (offline W&B writes no files/config.yaml, so the log is the record)."""
 import itertools
 import json
-import os
 import subprocess
 from pathlib import Path
 

@@ -341,17 +341,21 @@ def format_paired(paired: pd.DataFrame) -> pd.DataFrame:
 
 
 def seed_cost_lines(done: pd.DataFrame) -> list[str]:
-    """What one more seed costs per column: every head runs once more (pairs are by seed), at the mean training
-    wall time of the column's completed runs on the device they ran on."""
+    """What one more seed costs per column: every head runs once more (pairs are by seed), at the mean wall time
+    of the column's completed runs on the device they ran on: training with its curve evaluations (wall_s),
+    plus the final evaluation (eval_s) where every run recorded it."""
     lines = []
     for column, g in done.groupby("column"):
-        wall = g.get("wall_s", pd.Series(dtype=float)).dropna().astype(float)
-        if wall.empty:
+        g = g[g.get("wall_s", pd.Series(dtype=float)).notna()] if "wall_s" in g else g.iloc[:0]
+        if g.empty:
             continue
+        per_run, what = g["wall_s"].astype(float), "training with its curve evaluations"
+        if "eval_s" in g and g["eval_s"].notna().all():
+            per_run, what = per_run + g["eval_s"].astype(float), what + " and the final evaluation"
         heads = g["head"].nunique()
-        lines.append(f"- {column}: one more seed of all {heads} heads costs {heads} runs x {duration(wall.mean())} "
-                     f"of training (mean of these {len(wall)} runs, final evaluation not counted; "
-                     f"{device_label(g) or 'device not recorded'}) = {duration(heads * wall.mean())}.")
+        lines.append(f"- {column}: one more seed of all {heads} heads costs {heads} runs x {duration(per_run.mean())} "
+                     f"({what}: mean of these {len(g)} runs; {device_label(g) or 'device not recorded'}) "
+                     f"= {duration(heads * per_run.mean())}.")
     return ["Cost of a seed:", "", *lines, ""] if lines else []
 
 
