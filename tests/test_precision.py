@@ -230,10 +230,18 @@ def test_domain_classifier_trains_in_ieee_fp32_even_where_tf32_is_allowed(tmp_pa
 
     monkeypatch.setattr(classifier, "train_classifier", fake_train)
     data = load_dataset("digits", "train", 16)
-    monkeypatch.setattr(torch.backends.cudnn.conv, "fp32_precision", "tf32")
-    monkeypatch.setattr(torch.backends.cuda.matmul, "fp32_precision", "tf32")
-    classifier.load_or_train_classifier(data, data, "cpu", 1, cache_dir=str(tmp_path))
-    classifier.load_or_train_classifier(data, data, "cpu", 1, cache_dir=str(tmp_path), seed=1)
+    # set and restored by hand: torch's flags are __getattr__/__setattr__ of a module object, which pytest >= 9.2's
+    # monkeypatch records as absent and fails to restore (AttributeError at teardown)
+    flags = (torch.backends.cudnn.conv, torch.backends.cuda.matmul)
+    before = [f.fp32_precision for f in flags]
+    try:
+        for f in flags:
+            f.fp32_precision = "tf32"
+        classifier.load_or_train_classifier(data, data, "cpu", 1, cache_dir=str(tmp_path))
+        classifier.load_or_train_classifier(data, data, "cpu", 1, cache_dir=str(tmp_path), seed=1)
+        assert [f.fp32_precision for f in flags] == ["tf32", "tf32"]
+    finally:
+        for f, value in zip(flags, before):
+            f.fp32_precision = value
     assert seen == [("ieee", "ieee", 0), ("ieee", "ieee", 1)]
-    assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision) == ("tf32", "tf32")
     assert len(list((tmp_path / "classifiers").glob("*.pt"))) == 2  # the seeded one is cached apart
