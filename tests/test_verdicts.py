@@ -338,3 +338,36 @@ def test_a_run_recorded_with_the_old_kid_error_gets_todays_in_the_report(tmp_pat
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     md = build_report(tmp_path / "sweep", tmp_path / "report2", "old run").read_text()
     assert table(md, "Noise floor").iloc[0]["KID ± s.e."] == "-0.40" and "A KID without ± has no error" in md
+
+
+def test_a_seed_that_completed_twice_counts_once_the_newest(tmp_path):
+    """A sweep re-run into its folder with a longer seed list renumbers its jobs, so Hydra trains finished seeds
+    again in new folders. Counted twice, concat's seed 0 would add a sixth "seed" and pair with itself."""
+    sweep = tmp_path / "sweep"
+    for head in ("projection", "concat"):
+        for seed in SEEDS:
+            write_run(sweep, head, seed)
+    for name, updated in (("projection_s0", "2026-12-01T10:00:00"), ("concat_s0", "2026-12-01T10:00:00")):
+        status = sweep / name / "status.json"
+        status.write_text(json.dumps({**json.loads(status.read_text()), "updated": updated}))
+    write_run(tmp_path, "concat", 0)  # the same seed again in a renumbered folder, newer, with another FID
+    again = (tmp_path / "concat_s0").rename(sweep / "8_concat_s0")
+    lines = [json.loads(x) for x in (again / "metrics.jsonl").read_text().splitlines()]
+    (again / "metrics.jsonl").write_text("".join(json.dumps({**x, "fid": x["fid"] + 500.0}) + "\n" for x in lines))
+    status = again / "status.json"
+    status.write_text(json.dumps({**json.loads(status.read_text()), "updated": "2026-12-02T09:00:00"}))
+    # the re-run rewrote multirun.yaml: its 2 heads x 1 seed are not what the folder holds
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": [
+        "head=projection,concat", "seed=0"]}}}))
+    md = build_report(sweep, tmp_path / "report", "repeat").read_text()
+    assert "Runs: 11 completed of 11 found (the sweep last started in this folder has 2 jobs; earlier sweeps " \
+        "left the rest)." in md
+    assert "- stacked_digits: concat seed 0 completed 2 times; the tables use 8_concat_s0 (the newest), not concat_s0" in md
+    fid = table(md, "Each head against projection")
+    row = fid[fid["metric"] == "FID"].set_index("head").loc["concat"]
+    d = np.array([final_numbers("concat", s)["fid"] - final_numbers("projection", s)["fid"] for s in SEEDS])
+    d[0] += 500.0  # the newest run of seed 0
+    assert int(row["pairs"]) == 5
+    assert float(row["difference"]) == pytest.approx(d.mean(), rel=1e-3)
+    main = table(md, "Main table").set_index("head")
+    assert main.loc["concat"].iloc[0] == "5"  # seeds, not runs

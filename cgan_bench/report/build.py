@@ -50,6 +50,8 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
     frames = load_sweep(sweep_dir)
     runs = frames.runs
     done = tables.with_columns_key(tables.completed(runs)) if not runs.empty else runs
+    n_completed = len(done)
+    done, repeated = tables.one_run_per_seed(done)
     column_of = dict(zip(done["run"], done["column"])) if not done.empty else {}
     curves, per_class = frames.curves.copy(), frames.per_class.copy()
     for f in (curves, per_class):
@@ -60,12 +62,20 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
     lines = [f"# cgan-bench report: {title}", "",
              f"Sweep directory: `{sweep_dir}`. Built by `python -m cgan_bench.report {sweep_dir}`; every number "
              "below is read from the run directories (`metrics.jsonl`, `per_class.csv`, `status.json`).", ""]
-    n_runs, n_done = len(runs), len(done)
+    n_runs, n_done = len(runs), n_completed
     expected = frames.expected_jobs
-    lines += [f"Runs: {n_done} completed of {n_runs} found" + (f" ({expected} expected by the sweep)" if expected else "")
+    if expected and n_runs > expected:  # a sweep re-run into this folder (e.g. with more seeds) rewrote multirun.yaml
+        expected_text = f" (the sweep last started in this folder has {expected} jobs; earlier sweeps left the rest)"
+    else:
+        expected_text = f" ({expected} expected by the sweep)" if expected else ""
+    lines += [f"Runs: {n_done} completed of {n_runs} found" + expected_text
               + ". Tables use completed runs only; mean ± std over seeds; **bold** = the best head of a column, "
               "only where it beats every other head in a paired t-test over seeds (p < 0.05 against each, "
               "Holm-corrected over those comparisons): no bold on ties.", ""]
+    if repeated:
+        lines += ["**Warning: seeds that completed more than once** (a sweep re-run into this folder with a longer "
+                  "seed list renumbers its jobs, and Hydra gives them new folders; to add seeds, re-run it with "
+                  "only the new ones). Each counts once:", ""] + [f"- {r}" for r in repeated] + [""]
 
     lines += ["## Protocol", "", _md(tables.protocol_card(done, runs)) if not done.empty else "_(no completed run)_\n"]
     warnings = tables.sample_count_warnings(done) if not done.empty else []

@@ -65,6 +65,25 @@ def completed(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[(runs["state"] == "completed") & runs["fid"].notna()].copy()
 
 
+def one_run_per_seed(done: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Each (column, head, seed) counted once. A sweep re-run into its own folder with a longer seed list
+    renumbers its jobs, and Hydra names a job's folder by its number, so finished seeds train again in new
+    folders; counted twice, they would pass for more seeds and pair with themselves. Keeps the newest run
+    (status.json's `updated`, then the folder name) and returns one line per repeated seed naming the others."""
+    if done.empty:
+        return done, []
+    order = done.assign(_updated=done.get("updated", pd.Series(index=done.index, dtype=object)).fillna("").astype(str))
+    order = order.sort_values(["_updated", "run"])
+    kept = order.drop_duplicates(["column", "head", "seed"], keep="last")
+    lines = []
+    for (column, head, seed), g in order.groupby(["column", "head", "seed"], sort=True):
+        if len(g) > 1:
+            newest, others = g["run"].iloc[-1], ", ".join(g["run"].iloc[:-1])
+            lines.append(f"{column}: {head} seed {seed} completed {len(g)} times; the tables use {newest} (the "
+                         f"newest), not {others}")
+    return done.loc[sorted(kept.index)], lines
+
+
 def protocol_label(row) -> str:
     n_real = "all" if row["n_real"] is None or (isinstance(row["n_real"], float) and math.isnan(row["n_real"])) \
         else int(row["n_real"])
