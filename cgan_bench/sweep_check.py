@@ -6,8 +6,16 @@ into jobs and composes each job's config only when its batch launches. This call
 expands them the same way (BasicSweeper.split_arguments), composes each job's config with Hydra's own config
 loader (as Sweeper.validate_batch_is_legal does) and runs config.validate on it: the checks a job makes before
 it loads data. Checks that need the dataset (batch vs training-set size) still run per job.
+
+It also warns (one line) where jobs repeat runs that completed in the sweep folder under other job numbers:
+Hydra names a job's folder by its number, so a sweep re-run with a longer seed list trains finished seeds
+again in new folders instead of skipping them (the report then counts each seed once).
 """
+import json
 import sys
+from pathlib import Path
+
+import yaml
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
@@ -16,6 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config import ConfigError, validate
+from .report.collect import _neutral, find_run_dirs
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
@@ -31,10 +40,10 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
 
-def first_invalid_job(config: DictConfig) -> str | None:
+def first_invalid_job(config: DictConfig, jobs: list[list[str]] | None = None) -> str | None:
     """'job N of M (overrides): problem' for the first job whose config fails validation, else None."""
     loader = GlobalHydra.instance().config_loader()
-    jobs = sweep_jobs(config)
+    jobs = sweep_jobs(config) if jobs is None else jobs
     for num, job in enumerate(jobs):
         try:
             cfg = loader.load_sweep_config(master_config=config, sweep_overrides=list(job))
@@ -48,6 +57,36 @@ def first_invalid_job(config: DictConfig) -> str | None:
     return None
 
 
+def settings(overrides) -> frozenset:
+    """A job's overrides that change what it computes (not where it writes or logs: report.collect's neutral ones)."""
+    return frozenset(str(o) for o in overrides if not _neutral(str(o).partition("=")[0]))
+
+
+def repeated_jobs(config: DictConfig, jobs: list[list[str]]) -> list[tuple[int, str]]:
+    """(job number, folder) of each job whose settings equal those of a run that completed in the sweep folder
+    under another job number: it would train again. Only for job folders named by number first (the default
+    hydra.sweep.subdir); a folder with this job's number is resumed or skipped, as README says."""
+    subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir", "")
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    if not str(subdir).startswith("${hydra.job.num}_") or not sweep_dir.is_dir():
+        return []
+    done: dict[frozenset, list[str]] = {}
+    for run in find_run_dirs(sweep_dir):
+        try:
+            if json.loads((run / "status.json").read_text()).get("state") != "completed":
+                continue
+            overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
+        except (OSError, ValueError, yaml.YAMLError):
+            continue
+        done.setdefault(settings(overrides), []).append(run.name)
+    repeats = []
+    for num, job in enumerate(jobs):
+        folders = done.get(settings(job), [])
+        if folders and not any(f.startswith(f"{num}_") for f in folders):
+            repeats.append((num, folders[0]))
+    return repeats
+
+
 class SweepJobsValid(Callback):
     """Refuses a sweep (one line, exit code 2, nothing run) when any of its jobs has a setting validation
     refuses. Only for Hydra's basic sweeper: other sweepers choose values as they go."""
@@ -55,7 +94,15 @@ class SweepJobsValid(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         if OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER:
             return
-        problem = first_invalid_job(config)
+        jobs = sweep_jobs(config)
+        problem = first_invalid_job(config, jobs)
         if problem:
             print(f"error: {problem}; nothing was run: fix that value and rerun the sweep", file=sys.stderr)
             sys.exit(2)
+        repeats = repeated_jobs(config, jobs)
+        if repeats:
+            num, folder = repeats[0]
+            print(f"warning: {len(repeats)} of {len(jobs)} jobs repeat runs that completed in "
+                  f"{config.hydra.sweep.dir} under other job numbers (job {num}: {' '.join(jobs[num])} repeats {folder}), "
+                  "so they train again in new folders; to add seeds to a sweep, rerun it with only the new seeds "
+                  "(Ctrl-C stops this one; finished jobs are kept)", file=sys.stderr)

@@ -1,11 +1,16 @@
 """A sweep's jobs are checked before the first runs: a bad value in any job is one line and exit code 2 with
-nothing run (it used to surface as that job's refusal after the jobs before it had trained)."""
+nothing run (it used to surface as that job's refusal after the jobs before it had trained); jobs that would
+train again what completed in the sweep folder under another job number are one warning line."""
+import json
+
+import pytest
+import yaml
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 
 from cgan_bench.cli_help import CONF_DIR
-from cgan_bench.sweep_check import first_invalid_job, sweep_jobs
+from cgan_bench.sweep_check import first_invalid_job, repeated_jobs, sweep_jobs
 from conftest import SMOKE, run_cli
 
 
@@ -65,3 +70,46 @@ def test_a_job_that_cannot_be_composed_or_read_is_one_line_too():
     with sweep_config("head=projection,concat", "~train.lr") as cfg:  # a key the job needs, deleted
         problem = first_invalid_job(cfg)
     assert problem.startswith("sweep job 0 of 2 (") and "\n" not in problem and "lr" in problem
+
+
+def fake_run(sweep_dir, name: str, overrides: list[str], state: str = "completed") -> None:
+    """The files of a finished job folder that the check reads: status.json and .hydra/overrides.yaml."""
+    (sweep_dir / name / ".hydra").mkdir(parents=True)
+    (sweep_dir / name / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (sweep_dir / name / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (sweep_dir / name / "status.json").write_text(json.dumps({"state": state}))
+
+
+def test_jobs_that_repeat_completed_runs_under_other_job_numbers_are_found(tmp_path):
+    # a first sweep (seed=0: projection = job 0, concat = job 1), then the same folder with seed=0,1: concat s0
+    # is job 2 now, a new folder; projection s0 keeps job 0 (resumed/skipped)
+    fake_run(tmp_path, "0_digits_projection_s0", ["head=projection", "seed=0", "train=smoke", "wandb.mode=disabled"])
+    fake_run(tmp_path, "1_digits_concat_s0", ["head=concat", "seed=0", "train=smoke"])
+    fake_run(tmp_path, "1_digits_acgan_s1", ["head=acgan", "seed=1", "train=smoke"], state="failed")
+    with sweep_config("head=projection,concat,acgan", "seed=0,1", "train=smoke",
+                      f"hydra.sweep.dir={tmp_path}") as cfg:
+        jobs = sweep_jobs(cfg)
+        assert jobs[2] == ["head=concat", "seed=0", "train=smoke"]
+        assert repeated_jobs(cfg, jobs) == [(2, "1_digits_concat_s0")]  # a failed run is not a repeat
+    with sweep_config("head=projection,concat", "seed=0", "train=quick", f"hydra.sweep.dir={tmp_path}") as cfg:
+        assert repeated_jobs(cfg, sweep_jobs(cfg)) == []  # other settings: not a repeat
+    with sweep_config("head=projection,concat", "seed=0,1", "train=smoke", f"hydra.sweep.dir={tmp_path}",
+                      "hydra.sweep.subdir=${head.name}_${seed}") as cfg:
+        assert repeated_jobs(cfg, sweep_jobs(cfg)) == []  # folders not named by job number: no claim made
+
+
+@pytest.mark.slow
+def test_a_sweep_rerun_with_a_longer_seed_list_warns_before_it_trains_again(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    first = run_cli("-m", "head=projection,concat", "seed=0", *SMOKE, f"hydra.sweep.dir={sweep_dir}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    more = run_cli("-m", "head=projection,concat", "seed=1", *SMOKE, f"hydra.sweep.dir={sweep_dir}")
+    assert more.returncode == 0 and "warning:" not in more.stderr  # only the new seed: the way to add seeds
+    again = run_cli("-m", "head=projection,concat", "seed=0,1", *SMOKE, f"hydra.sweep.dir={sweep_dir}")
+    warnings = [line for line in again.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: 3 of 4 jobs repeat runs that completed in {sweep_dir} under other job numbers "
+                        "(job 1: head=projection seed=1 " + " ".join(SMOKE) + " repeats 0_digits_projection_s1), so they "
+                        "train again in new folders; to add seeds to a sweep, rerun it with only the new seeds "
+                        "(Ctrl-C stops this one; finished jobs are kept)"], again.stderr[-3000:]
+    report = (sweep_dir / "report" / "report.md").read_text()
+    assert "- digits: concat seed 0 completed 2 times; the tables use 2_digits_concat_s0 (the newest)" in report
