@@ -82,13 +82,16 @@ def _rank(rank: int, world: int, port: int, out: str) -> None:
             torch.save(history, os.path.join(out, f"rank{rank}_{'eval' if g_eval else 'train'}.pt"))
         _, history = train(True, JOINT)
         torch.save(history, os.path.join(out, f"rank{rank}_joint.pt"))
+        _, history = train(True, REACGAN)
+        torch.save(history, os.path.join(out, f"rank{rank}_reacgan.pt"))
 
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     out = tmp_path_factory.mktemp("ranks")
     mp.spawn(_rank, args=(2, free_port(), str(out)), nprocs=2, join=True)
-    return {(r, mode): torch.load(out / f"rank{r}_{mode}.pt") for r in (0, 1) for mode in ("eval", "train", "joint")}
+    return {(r, mode): torch.load(out / f"rank{r}_{mode}.pt") for r in (0, 1)
+            for mode in ("eval", "train", "joint", "reacgan")}
 
 
 @pytest.fixture
@@ -102,15 +105,17 @@ def one_thread():
 
 
 JOINT = "train.joint_d_forward=true"  # one D call on each rank's [real; fake] slices per D step
+# a loss over pairs of samples: its negatives are the other classes' samples of the whole global batch, on every rank
+REACGAN = "head=reacgan"
 
 
-@pytest.mark.parametrize("joint", [False, True])
-def test_two_ranks_train_what_one_process_trains_on_the_same_global_batch(two_ranks, one_thread, joint):
+@pytest.mark.parametrize("mode, overrides", [("eval", []), ("joint", [JOINT]), ("reacgan", [REACGAN])])
+def test_two_ranks_train_what_one_process_trains_on_the_same_global_batch(two_ranks, one_thread, mode, overrides):
     """Up to rounding: Adam's update is about lr * sign(gradient), so a gradient within rounding of 0 (a few in
     10^4 weights here) may move by up to 2 lr the other way; every other weight agrees to 1e-5."""
-    trainer, single = train(True, *([JOINT] if joint else []))
+    trainer, single = train(True, *overrides)
     lr = trainer.cfg.train.lr
-    for step, (one, ranked) in enumerate(zip(single, two_ranks[(0, "joint" if joint else "eval")])):
+    for step, (one, ranked) in enumerate(zip(single, two_ranks[(0, mode)])):
         diff = torch.cat([(ranked[k].float() - one[k].float()).abs().flatten() for k in one])
         assert diff.max() <= 2 * lr + 1e-5, step
         assert (diff > 1e-5).float().mean() < 1e-3, step
@@ -119,7 +124,7 @@ def test_two_ranks_train_what_one_process_trains_on_the_same_global_batch(two_ra
     assert any(not torch.allclose(start[k].float(), single[-1][k].float()) for k in start if "weight" in k)
 
 
-@pytest.mark.parametrize("mode", ["eval", "train", "joint"])
+@pytest.mark.parametrize("mode", ["eval", "train", "joint", "reacgan"])
 def test_ranks_hold_identical_weights_after_every_step(two_ranks, mode):
     """G in train mode too: per-rank batch norm differs in its statistics, not in the averaged gradients;
     buffers (running statistics, u/v) are rank 0's, broadcast at each forward."""

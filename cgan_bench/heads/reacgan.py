@@ -17,7 +17,8 @@ m_p - 1 to s_ij), hence m_n = 0.02. Choice: this is the formula above, computed 
 StudioGAN's Data2DataCrossEntropyLoss additionally subtracts each row's largest (detached) s_ij / T from the negative
 terms only, "for numerical stability"; that rescales the negatives by exp(-max) and so changes the value and the
 gradients, and it is not needed here (every exponent is at most (1 - m_n) / T). The loss is computed per batch: a
-sample without any other-class sample in the batch contributes 0.
+sample without any other-class sample in the batch contributes 0. In a multi-process run the batch is the global
+batch (every rank's embeddings gathered, gradients flowing back), so N GPUs train what one trains.
 """
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.layers import init_xavier, sn
+from ..train import distributed
 from .base import DiscriminatorOutput, Head
 from .registry import register_head
 
@@ -39,12 +41,17 @@ class EmbeddingOutput(DiscriminatorOutput):
 
 
 def d2d_ce(embed: torch.Tensor, proxy: torch.Tensor, y: torch.Tensor, temperature: float, pos_margin: float,
-           neg_margin: float) -> torch.Tensor:
-    """The data-to-data cross-entropy of unit embeddings (B, E), their class proxies (B, E) and labels (B,)."""
+           neg_margin: float, batch_embed: torch.Tensor | None = None,
+           batch_y: torch.Tensor | None = None) -> torch.Tensor:
+    """The data-to-data cross-entropy of unit embeddings (B, E), their class proxies (B, E) and labels (B,),
+    averaged over these B samples. Negatives come from `batch_embed`/`batch_y` (default: the same samples): in a
+    multi-process run, the whole global batch, so N processes compute what one process computes."""
     embed, proxy = embed.float(), proxy.float()
+    batch_embed = embed if batch_embed is None else batch_embed.float()
+    batch_y = y if batch_y is None else batch_y
     positive = torch.clamp((embed * proxy).sum(dim=1) - pos_margin, max=0.0) / temperature
-    negative = F.relu(embed @ embed.T - neg_margin) / temperature
-    negative = negative.masked_fill(y[:, None] == y[None, :], float("-inf"))  # i itself and same-class samples
+    negative = F.relu(embed @ batch_embed.T - neg_margin) / temperature
+    negative = negative.masked_fill(y[:, None] == batch_y[None, :], float("-inf"))  # i itself, same-class samples
     logits = torch.cat([positive[:, None], negative], dim=1)
     return (torch.logsumexp(logits, dim=1) - positive).mean()
 
@@ -69,7 +76,10 @@ class ReACGAN(Head):
         return EmbeddingOutput(adv=self.linear(phi).squeeze(1), embed=embed, proxy=proxy)
 
     def loss(self, out: EmbeddingOutput, y: torch.Tensor) -> torch.Tensor:
-        return d2d_ce(out.embed, out.proxy, y, self.temperature, self.pos_margin, self.neg_margin)
+        """This rank's samples against the negatives of the whole global batch (train/distributed.py): each rank's
+        mean over its slice, averaged over ranks by DDP, is the global batch's loss and gradient."""
+        return d2d_ce(out.embed, out.proxy, y, self.temperature, self.pos_margin, self.neg_margin,
+                      distributed.gather_batch(out.embed), distributed.gather_batch(y))
 
     def d_aux_loss(self, real, y_real, fake, y_fake):
         return self.d_aux_weight * self.loss(real, y_real)

@@ -67,6 +67,7 @@ from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn as dist_nn  # collectives with autograd (all_gather that back-propagates)
 from torch import nn
 
 # How long a rank waits at a collective: rank 0 alone builds the feature space and reference features meanwhile
@@ -257,6 +258,15 @@ def gather_rows(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     parts = [torch.empty_like(padded) for _ in range(world_size())]
     dist.all_gather(parts, padded)
     return torch.cat([p[:n].cpu() for p, n in zip(parts, counts)])
+
+
+def gather_batch(x: torch.Tensor) -> torch.Tensor:
+    """The global batch of a per-rank tensor (every rank's slice, in rank order: what `shard` split), with the
+    gradient flowing back to each rank's own slice (torch.distributed.nn's all_gather): for a loss over pairs of
+    samples that must see the whole batch. `x` itself for one process."""
+    if world_size() == 1:
+        return x
+    return torch.cat(dist_nn.all_gather(x))
 
 
 def gather_objects(obj) -> list:
