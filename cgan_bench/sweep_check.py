@@ -73,7 +73,8 @@ def repeated_jobs(config: DictConfig, jobs: list[list[str]]) -> list[tuple[int, 
     done: dict[frozenset, list[str]] = {}
     for run in find_run_dirs(sweep_dir):
         try:
-            if json.loads((run / "status.json").read_text()).get("state") != "completed":
+            status = json.loads((run / "status.json").read_text())
+            if not isinstance(status, dict) or status.get("state") != "completed":
                 continue
             overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
         except (OSError, ValueError, yaml.YAMLError):

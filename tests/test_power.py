@@ -87,7 +87,8 @@ def test_the_report_shows_each_rows_power_and_the_cost_of_a_seed(tmp_path):
         assert row["pairs_80"] == ("> 1000" if needed == math.inf else str(needed))
     # seeds 0..4 trained 60..300 s: mean 180 s = 3.0 min; 4 heads -> 12.0 min for one more seed of each
     line = next(x for x in md.splitlines() if x.startswith("- stacked_digits: one more seed"))
-    assert "all 4 heads costs 4 runs x 3.0 min (training with its curve evaluations: mean of these 20 runs" in line
+    assert "all 4 heads costs 4 runs x 3.0 min (training with its curve evaluations: per head the mean of its " \
+        "runs, 20 in all;" in line
     assert line.endswith("= 12.0 min.")
     # with each run's final evaluation (eval_s, 30 s) recorded, it is counted too: 3.5 min per run, 14.0 min
     for head in heads:
@@ -97,7 +98,7 @@ def test_the_report_shows_each_rows_power_and_the_cost_of_a_seed(tmp_path):
             metrics.write_text("".join(json.dumps({**x, "eval_s": 30.0}) + "\n" for x in lines))
     md = build_report(tmp_path / "sweep", tmp_path / "report2", "power test").read_text()
     line = next(x for x in md.splitlines() if x.startswith("- stacked_digits: one more seed"))
-    assert "4 runs x 3.5 min (training with its curve evaluations and the final evaluation: mean of" in line
+    assert "4 runs x 3.5 min (training with its curve evaluations and the final evaluation: per head" in line
     assert line.endswith("= 14.0 min.")
 
 
@@ -105,3 +106,25 @@ def test_a_one_seed_sweep_has_no_power_numbers():
     rows = paired_vs_projection(frame({"projection": [40.0], "concat": [44.0]}, "fid"), metrics=("fid",))
     assert math.isnan(rows.iloc[0]["detectable"]) and math.isnan(rows.iloc[0]["pairs_80"])
     assert isinstance(rows, pd.DataFrame) and rows.iloc[0]["verdict"] == "one seed: no test"
+
+
+def test_differences_equal_up_to_rounding_get_the_sign_flip_numbers_not_a_zero_detectable():
+    """1.0 apart on every seed, up to floating-point rounding: the t-test's sd is ~1e-16, which made `detectable`
+    0.000 on a row whose test cannot reject at all with 3 seeds (sign-flip p = 0.25)."""
+    rows = paired_vs_projection(frame({"projection": [0.1, 1.2, 2.3], "concat": [1.1, 2.2, 3.3]}, "fid"),
+                                metrics=("fid",))
+    row = rows.iloc[0]
+    assert row["p_holm"] == pytest.approx(0.25) and row["verdict"] == "no clear difference"
+    assert math.isnan(row["detectable"])
+    assert row["pairs_80"] == 6  # 2 / 2^6 < 0.05 <= 2 / 2^5
+
+
+def test_a_head_with_one_seed_does_not_enlarge_the_family_of_the_power():
+    """Holm runs over the heads with a test (two or more pairs): a one-seed head must not halve alpha."""
+    values = {"projection": [40.0, 42.0, 41.0, 43.0], "concat": [45.0, 46.5, 45.8, 48.1], "tac": [40.0]}
+    rows = paired_vs_projection(frame(values, "fid"), metrics=("fid",)).set_index("head")
+    d = np.array(values["concat"]) - np.array(values["projection"])
+    mean, sd = d.mean(), d.std(ddof=1)
+    assert rows.loc["concat", "pairs_80"] == power.pairs_needed(mean, sd, 0.05)
+    assert rows.loc["concat", "detectable"] == pytest.approx(power.detectable_difference(sd, 4, 0.05))
+    assert math.isnan(rows.loc["tac", "pairs_80"])

@@ -416,3 +416,25 @@ def test_a_report_that_cannot_be_built_is_one_line_and_exit_1_and_failed_jobs_st
     if failed_job:
         assert lines[1] == f"error: 1 of 2 jobs did not complete; their run directories are in {sweep_dir}"
     assert (sweep_dir / "projection_s0" / "metrics.jsonl").exists()  # the finished runs are untouched
+
+
+def test_a_corrupt_status_file_is_a_job_that_did_not_complete_not_a_silent_exit_0(tmp_path, capsys):
+    """A status.json with bytes that are not UTF-8 broke both the report and the job listing after it, and
+    Hydra turned that into a warning and exit code 0. Now the run is listed as unknown and the sweep exits 1."""
+    from omegaconf import OmegaConf
+    from cgan_bench.report.callback import ReportOnMultirunEnd
+    from test_verdicts import write_run
+    sweep_dir = tmp_path / "multirun"
+    for seed in (0, 1):
+        write_run(sweep_dir, "projection", seed)
+    (sweep_dir / "projection_s1" / "status.json").write_bytes(b'{"state": "compl\xffeted"}')
+    cfg = OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)}}, "sweep_name": "t",
+                            "report": {"publish": None, "overwrite": False}, "report_dir": None})
+    with pytest.raises(SystemExit) as stop:
+        ReportOnMultirunEnd().on_multirun_end(cfg)
+    assert stop.value.code == 1
+    err = capsys.readouterr().err
+    assert f"error: 1 of 2 jobs did not complete; see {sweep_dir / 'report' / 'report.md'}" in err
+    status = markdown_table((sweep_dir / "report" / "report.md").read_text(), "Run status").set_index("run")
+    assert status.loc["projection_s1", "state"] == "unknown"
+    assert status.loc["projection_s1", "reason"] == "status.json unreadable (UnicodeDecodeError)"

@@ -371,3 +371,27 @@ def test_a_seed_that_completed_twice_counts_once_the_newest(tmp_path):
     assert float(row["difference"]) == pytest.approx(d.mean(), rel=1e-3)
     main = table(md, "Main table").set_index("head")
     assert main.loc["concat"].iloc[0] == "5"  # seeds, not runs
+
+
+def test_repeats_are_ordered_by_job_number_and_runs_without_a_seed_are_not_merged_silently():
+    from cgan_bench.report.tables import one_run_per_seed
+    done = pd.DataFrame([{"column": "c", "head": "concat", "seed": 0.0, "run": r, "fid": f}
+                         for r, f in (("9_digits_concat_s0", 1.0), ("10_digits_concat_s0", 2.0))]
+                        + [{"column": "c", "head": "none", "seed": float("nan"), "run": r, "fid": 3.0}
+                           for r in ("a", "b")])
+    kept, lines = one_run_per_seed(done)
+    assert list(kept["run"]) == ["10_digits_concat_s0", "b"]  # job 10 is newer than job 9 (not text order)
+    assert lines == ["c: concat seed 0 completed 2 times; the tables use 10_digits_concat_s0 (the newest), "
+                     "not 9_digits_concat_s0",
+                     "c: none seed (none recorded) completed 2 times; the tables use b (the newest), not a"]
+
+
+@pytest.mark.parametrize("task, params, jobs", [
+    (["head=a,b", "seed=range(3)"], {}, 6),  # Hydra's range: 3 seeds, not one value
+    (["+sweep=stacked", "seed=0,1"], {"dataset": "stacked_digits", "head": "a,b,c", "seed": "0,1,2,3,4"}, 6),
+    (["seed=glob(*)"], {}, None)])  # not countable without the config: no claim
+def test_the_sweeps_job_count_is_hydras(tmp_path, task, params, jobs):
+    from cgan_bench.report.collect import expected_job_count
+    (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": task},
+                                                                      "sweeper": {"params": params}}}))
+    assert expected_job_count(tmp_path) == jobs

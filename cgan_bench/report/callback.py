@@ -62,8 +62,13 @@ class ReportOnMultirunEnd(Callback):
                   f"intact in {sweep_dir}: rebuild it with `python -m cgan_bench.report {sweep_dir}`",
                   file=sys.stderr)
             report = None
-        runs = load_sweep(sweep_dir).runs
-        bad = runs[runs["state"] != "completed"] if not runs.empty else runs
+        try:
+            runs = load_sweep(sweep_dir).runs
+            bad = runs[runs["state"] != "completed"] if not runs.empty else runs
+        except Exception as err:  # the same fault that stopped the report: no claim about the jobs, exit 1
+            print(f"error: the sweep's jobs could not be read back ({type(err).__name__}: {err}); see their run "
+                  f"directories in {sweep_dir}", file=sys.stderr)
+            sys.exit(1)
         if len(bad):
             for r in bad.itertuples():
                 log.error("job %s: %s %s", r.run, r.state, r.reason)

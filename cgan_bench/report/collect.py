@@ -4,8 +4,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from ..io import read_jsonl
 from ..metrics.kid_error import with_floor_kid_error
@@ -35,17 +37,23 @@ def find_run_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def expected_job_count(sweep_dir: Path) -> int | None:
-    """Size of the sweep from multirun.yaml's simple `key=a,b,c` overrides (None if it can't tell)."""
+    """Size of the sweep in multirun.yaml (the sweep config's params, then the command line's overrides, as
+    Hydra's basic sweeper combines them), counted with Hydra's own override parser (`a,b`, `range(3)`,
+    `choice(...)`); None where it can't tell (no multirun.yaml, glob() or interval sweeps, another sweeper)."""
     cfg = _read_yaml(Path(sweep_dir) / "multirun.yaml")
-    overrides = (cfg.get("hydra") or {}).get("overrides", {}).get("task", [])
-    params = dict((cfg.get("hydra") or {}).get("sweeper", {}).get("params") or {})
-    for o in overrides:
-        key, _, value = o.partition("=")
-        params[key.lstrip("+~")] = value
     if not cfg:
         return None
-    sizes = [len(str(v).split(",")) for v in params.values() if not any(f in str(v) for f in ("range(", "glob(", "choice("))]
-    return int(pd.Series(sizes).prod()) if sizes else 1
+    overrides = (cfg.get("hydra") or {}).get("overrides", {}).get("task", [])
+    swept = (cfg.get("hydra") or {}).get("sweeper", {}).get("params") or {}
+    params = {str(k).lstrip("+~"): f"{k}={v}" for k, v in swept.items()}
+    for o in overrides:  # the command line replaces the sweep config's value of the same key
+        params[str(o).partition("=")[0].lstrip("+~")] = str(o)
+    try:
+        parsed = OverridesParser.create().parse_overrides(list(params.values()))
+        sizes = [len(list(o.sweep_string_iterator())) for o in parsed if o.is_sweep_override()]
+    except Exception:  # a sweep Hydra can't enumerate without the config (glob, interval) or can't parse
+        return None
+    return int(np.prod(sizes)) if sizes else 1
 
 
 def read_run(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
@@ -55,8 +63,12 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
     status_path = run_dir / "status.json"
     try:
         status = json.loads(status_path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    except FileNotFoundError:
         status = {"state": "not started", "reason": "no status.json"}
+    except (OSError, ValueError) as err:  # half-written, corrupt bytes, unreadable: the run is listed, not fatal
+        status = {"state": "unknown", "reason": f"status.json unreadable ({type(err).__name__})"}
+    if not isinstance(status, dict):
+        status = {"state": "unknown", "reason": "status.json is not a JSON object"}
     lines = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     evals = [{**ident, **r} for r in lines if r.get("phase") in ("curve", "final")]
     finals = [r for r in evals if r["phase"] == "final"]

@@ -69,19 +69,30 @@ def one_run_per_seed(done: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Each (column, head, seed) counted once. A sweep re-run into its own folder with a longer seed list
     renumbers its jobs, and Hydra names a job's folder by its number, so finished seeds train again in new
     folders; counted twice, they would pass for more seeds and pair with themselves. Keeps the newest run
-    (status.json's `updated`, then the folder name) and returns one line per repeated seed naming the others."""
+    (status.json's `updated`, then the job number its folder starts with, then the folder name) and returns one
+    line per repeated seed naming the others."""
     if done.empty:
         return done, []
-    order = done.assign(_updated=done.get("updated", pd.Series(index=done.index, dtype=object)).fillna("").astype(str))
-    order = order.sort_values(["_updated", "run"])
-    kept = order.drop_duplicates(["column", "head", "seed"], keep="last")
+    updated = done["updated"] if "updated" in done else pd.Series(index=done.index, dtype=object)
+    number = done["run"].astype(str).str.extract(r"^(\d+)_", expand=False).astype(float)
+    order = done.assign(_updated=updated.fillna("").astype(str), _number=number.fillna(-1.0))
+    order = order.sort_values(["_updated", "_number", "run"])
+    keys = ["column", "head", "seed"]
+    kept = order.drop_duplicates(keys, keep="last")
     lines = []
-    for (column, head, seed), g in order.groupby(["column", "head", "seed"], sort=True):
+    for (column, head, seed), g in order.groupby(keys, sort=True, dropna=False):
         if len(g) > 1:
             newest, others = g["run"].iloc[-1], ", ".join(g["run"].iloc[:-1])
-            lines.append(f"{column}: {head} seed {seed} completed {len(g)} times; the tables use {newest} (the "
-                         f"newest), not {others}")
+            lines.append(f"{column}: {head} seed {_seed_text(seed)} completed {len(g)} times; the tables use "
+                         f"{newest} (the newest), not {others}")
     return done.loc[sorted(kept.index)], lines
+
+
+def _seed_text(seed) -> str:
+    """A seed as written in the config: 0, not 0.0 (a column with a missing seed is float)."""
+    if seed is None or (isinstance(seed, float) and math.isnan(seed)):
+        return "(none recorded)"
+    return str(int(seed)) if float(seed).is_integer() else str(seed)
 
 
 def protocol_label(row) -> str:
@@ -298,7 +309,7 @@ def paired_vs_projection(done: pd.DataFrame, metrics=tuple(VERDICT_METRICS)) -> 
     t-tests, Holm-adjusted; the interval is the simultaneous (Bonferroni) 1 - 0.05 / m interval of the mean
     difference; effect size d_z = mean difference / std of the differences; `reference` is the noise floor
     (real vs real) for FID-type metrics and the real ceiling for mode metrics. `detectable` and `pairs_80`: the
-    test's power at the family's level (report/power.py): the smallest difference these seeds detect with 80%
+    test's power at alpha / (heads with a test), Bonferroni, a bound on Holm (report/power.py): the smallest difference these seeds detect with 80%
     probability, and the seeds that would detect the observed difference."""
     rows, spaces = [], column_spaces(done)
     for column, g in done.groupby("column"):
@@ -320,6 +331,7 @@ def paired_vs_projection(done: pd.DataFrame, metrics=tuple(VERDICT_METRICS)) -> 
             level = 1 - ALPHA / len(family)
             p_raw = [_one_sample_p(d) for _, d in family]
             valid = [p for p in p_raw if not math.isnan(p)]
+            tested = ALPHA / max(1, len(valid))  # the power's level: Holm runs over the heads with a test
             p_holm = iter(holm(valid))
             scale, label = unit(m, spaces.get(column))
             reference = g[FLOOR_OF[m]].dropna().astype(float).mean() * scale if FLOOR_OF.get(m) in g else float("nan")
@@ -332,8 +344,8 @@ def paired_vs_projection(done: pd.DataFrame, metrics=tuple(VERDICT_METRICS)) -> 
                 rows.append({"dataset": column, "metric": label, "head": head, "pairs": n,
                              "difference": mean, "ci_low": mean - half, "ci_high": mean + half,
                              "p_holm": adjusted, "effect_dz": mean / sd if sd and sd > 0 else float("nan"),
-                             "reference": reference, "detectable": power.detectable_difference(sd, n, 1 - level),
-                             "pairs_80": power.pairs_needed(mean, spread, 1 - level) if n > 1 else float("nan"),
+                             "reference": reference, "detectable": power.detectable_difference(spread, n, tested),
+                             "pairs_80": power.pairs_needed(mean, spread, tested) if n > 1 else float("nan"),
                              "verdict": _verdict(m, mean, adjusted, n, reference), "_metric": m})
     return pd.DataFrame(rows)
 
@@ -360,21 +372,27 @@ def format_paired(paired: pd.DataFrame) -> pd.DataFrame:
 
 
 def seed_cost_lines(done: pd.DataFrame) -> list[str]:
-    """What one more seed costs per column: every head runs once more (pairs are by seed), at the mean wall time
-    of the column's completed runs on the device they ran on: training with its curve evaluations (wall_s),
-    plus the final evaluation (eval_s) where every run recorded it."""
+    """What one more seed costs per column: every head runs once more (pairs are by seed), each at the mean wall
+    time of its completed runs on the device they ran on: training with its curve evaluations (wall_s), plus the
+    final evaluation (eval_s) where every timed run recorded it. A head without a recorded time counts at the
+    others' mean."""
     lines = []
     for column, g in done.groupby("column"):
-        g = g[g.get("wall_s", pd.Series(dtype=float)).notna()] if "wall_s" in g else g.iloc[:0]
-        if g.empty:
-            continue
-        per_run, what = g["wall_s"].astype(float), "training with its curve evaluations"
-        if "eval_s" in g and g["eval_s"].notna().all():
-            per_run, what = per_run + g["eval_s"].astype(float), what + " and the final evaluation"
         heads = g["head"].nunique()
-        lines.append(f"- {column}: one more seed of all {heads} heads costs {heads} runs x {duration(per_run.mean())} "
-                     f"({what}: mean of these {len(g)} runs; {device_label(g) or 'device not recorded'}) "
-                     f"= {duration(heads * per_run.mean())}.")
+        timed = g[g["wall_s"].notna()] if "wall_s" in g else g.iloc[:0]
+        if timed.empty:
+            continue
+        per_run, what = timed["wall_s"].astype(float), "training with its curve evaluations"
+        if "eval_s" in timed and timed["eval_s"].notna().all():
+            per_run, what = per_run + timed["eval_s"].astype(float), what + " and the final evaluation"
+        by_head = per_run.groupby(timed["head"]).mean()
+        each = by_head.mean()  # the per-run mean over heads (the untimed ones at the others' mean)
+        untimed = heads - len(by_head)
+        note = f"; {untimed} of the heads recorded no time, counted at the others' mean" if untimed else ""
+        lines.append(f"- {column}: one more seed of {'the one head' if heads == 1 else f'all {heads} heads'} costs "
+                     f"{heads} run{'s' if heads > 1 else ''} x {duration(each)} ({what}: per head the mean of its "
+                     f"runs, {len(timed)} in all{note}; {device_label(timed) or 'device not recorded'}) "
+                     f"= {duration(heads * each)}.")
     return ["Cost of a seed:", "", *lines, ""] if lines else []
 
 
