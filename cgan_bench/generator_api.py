@@ -98,6 +98,19 @@ def _read_checkpoint(run_dir: Path, checkpoint: str, device) -> tuple[dict, Path
     return state, folder / (PREVIOUS if fell_back or not (folder / LAST).exists() else LAST)
 
 
+def check_device(device) -> None:
+    """ValueError naming the fix for a device string torch can't parse or a CUDA device this machine hasn't."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device {device!r} is not a torch device ({err}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r}: no CUDA device is visible on this machine; use cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                         f"use cuda:0..cuda:{torch.cuda.device_count() - 1}")
+
+
 def load_generator(run_dir, device="cpu", checkpoint: str = "last") -> LoadedGenerator:
     """The generator of a run directory, in eval mode on `device`.
 
@@ -107,6 +120,7 @@ def load_generator(run_dir, device="cpu", checkpoint: str = "last") -> LoadedGen
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"no run directory {run_dir}")
+    check_device(device)  # before the checkpoint: a device torch can't use must not read as an unreadable file
     state, path = _read_checkpoint(run_dir, checkpoint, device)
     if "G" not in state:
         raise ValueError(f"{path} holds no generator weights")

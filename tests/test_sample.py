@@ -109,6 +109,18 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path):
     assert not (tmp_path / "x.png").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only machine's answer")
+def test_a_device_this_machine_lacks_is_named_not_a_corrupt_checkpoint(run, tmp_path):
+    """--device cuda on a CPU-only machine said both checkpoints were unreadable and advised resume=false,
+    which would have thrown a finished run away."""
+    for device, says in (("cuda", "no CUDA device is visible on this machine; use cpu"),
+                         ("gpu0", "is not a torch device")):
+        r = sample_cli(run, "--device", device, "--out", tmp_path / "x.png")
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert says in r.stderr and "resume=false" not in r.stderr and "checkpoint" not in r.stderr, r.stderr
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_an_unwritable_out_is_one_line_before_sampling(run, tmp_path):
     """--out that cannot be written (a folder that cannot be made, a file where a folder must be) is refused
     with one line naming the path and exit code 2 before the generator is loaded: no traceback after sampling,
