@@ -150,7 +150,12 @@ def _check_wandb_mode(cfg: DictConfig) -> None:
 
 
 def _check_finetune(f: DictConfig, feature_space: str) -> None:
-    """The fine-tune's own settings; the parent run itself is checked when the job starts (train/finetune.py)."""
+    """The fine-tune's own settings; the parent run itself is checked when the job starts (train/finetune.py).
+    +sweep=finetune makes the parent mandatory (finetune.parent_required): without it, its jobs were ordinary
+    default runs that differed in nothing."""
+    if f.get("parent_required", False) and f.parent is None:
+        raise ConfigError("finetune.parent is required here (+sweep=finetune fine-tunes a finished run): add "
+                          "finetune.parent=runs/<a completed run>")
     _check(f.parent is None or (isinstance(f.parent, str) and f.parent != ""), "finetune.parent", f.parent,
            "null (an ordinary run) or the run directory of a completed run")
     _check(_is_num(f.weight) and 0 <= f.weight < float("inf"), "finetune.weight", f.weight,

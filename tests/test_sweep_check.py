@@ -113,3 +113,14 @@ def test_a_sweep_rerun_with_a_longer_seed_list_warns_before_it_trains_again(tmp_
                         "(Ctrl-C stops this one; finished jobs are kept)"], again.stderr[-3000:]
     report = (sweep_dir / "report" / "report.md").read_text()
     assert "- digits: concat seed 0 completed 2 times; the tables use 2_digits_concat_s0 (the newest)" in report
+
+
+def test_the_finetune_recipe_without_a_parent_is_refused_before_any_job():
+    """Without finetune.parent, +sweep=finetune ran 4 identical default trainings (6 minutes) and exited 0."""
+    with sweep_config("+sweep=finetune") as cfg:
+        problem = first_invalid_job(cfg)
+    assert problem.startswith("sweep job 0 of 4 (") and problem.endswith(
+        "finetune.parent is required here (+sweep=finetune fine-tunes a finished run): add "
+        "finetune.parent=runs/<a completed run>")
+    with sweep_config("+sweep=finetune", "finetune.parent=runs/some_run") as cfg:
+        assert first_invalid_job(cfg) is None  # the parent itself is read when the job starts
