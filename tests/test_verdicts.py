@@ -395,3 +395,20 @@ def test_the_sweeps_job_count_is_hydras(tmp_path, task, params, jobs):
     (tmp_path / "multirun.yaml").write_text(yaml.safe_dump({"hydra": {"overrides": {"task": task},
                                                                       "sweeper": {"params": params}}}))
     assert expected_job_count(tmp_path) == jobs
+
+
+def test_a_refused_run_with_a_seed_that_is_no_number_is_listed_not_a_crash(tmp_path):
+    """`python -m cgan_bench seed=abc` is refused in one line but leaves its run directory (status failed); a
+    report over that runs/ folder crashed formatting 'abc' as an integer."""
+    sweep = tmp_path / "runs"
+    write_run(sweep, "projection", 0)
+    bad = sweep / "projection_sabc"
+    (bad / ".hydra").mkdir(parents=True)
+    (bad / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"seed": "abc", "head": {"name": "projection"},
+                                                                "dataset": {"name": "stacked_digits"}}))
+    (bad / "status.json").write_text(json.dumps({"state": "failed", "iteration": 0, "total_iterations": 10,
+                                                 "reason": "seed='abc' is not allowed"}))
+    md = build_report(sweep, tmp_path / "report", "refused").read_text()
+    status = table(md, "Run status").set_index("run")
+    assert status.loc["projection_sabc", "seed"] == "abc" and status.loc["projection_s0", "seed"] == "0"
+    assert status.loc["projection_sabc", "state"] == "failed"

@@ -413,10 +413,14 @@ def pairs_text(needed) -> str:
 
 
 def num(value, spec: str) -> str:
-    """One number as text in `spec` ('.2f', '.4g', 'd'); empty for a missing value."""
+    """One number as text in `spec` ('.2f', '.4g', 'd'); empty for a missing value; a value that is no number
+    as written (a refused run's `seed=abc` in the status table) as it is, not a crash of the whole report."""
     if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
         return ""
-    return format(int(value) if spec == "d" else float(value), spec)
+    try:
+        return format(int(value) if spec == "d" else float(value), spec)
+    except (TypeError, ValueError):
+        return str(value)
 
 
 def _one_sample_p(d: pd.Series) -> float:
