@@ -100,6 +100,15 @@ def test_the_report_shows_each_rows_power_and_the_cost_of_a_seed(tmp_path):
     line = next(x for x in md.splitlines() if x.startswith("- stacked_digits: one more seed"))
     assert "4 runs x 3.5 min (training with its curve evaluations and the final evaluation: per head" in line
     assert line.endswith("= 14.0 min.")
+    # the whole job's time (status.json total_wall_s) where every run recorded it: 2.4 s each, as 2.4 s (not "2 s")
+    for head in heads:
+        for seed in seeds:
+            status = tmp_path / "sweep" / f"{head}_s{seed}" / "status.json"
+            status.write_text(json.dumps({**json.loads(status.read_text()), "total_wall_s": 2.4}))
+    md = build_report(tmp_path / "sweep", tmp_path / "report3", "power test").read_text()
+    line = next(x for x in md.splitlines() if x.startswith("- stacked_digits: one more seed"))
+    assert "4 runs x 2.4 s (the whole job: per head the mean of its runs, 20 in all;" in line
+    assert line.endswith("= 9.6 s.")
 
 
 def test_a_one_seed_sweep_has_no_power_numbers():

@@ -77,6 +77,7 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
     row = {**ident, "overrides": " ".join(str(o) for o in overrides), "state": status.get("state"), "reason": status.get("reason", ""),
            "iteration": status.get("iteration"), "total_iterations": status.get("total_iterations"),
            "wall_s": status.get("wall_s"), "it_per_s": status.get("it_per_s"), "updated": status.get("updated"),
+           "total_wall_s": status.get("total_wall_s"),
            "n_dis": train.get("n_dis"), "batch_d": train.get("batch_d"), "batch_g": train.get("batch_g"),
            "lr": train.get("lr"), "beta1": train.get("beta1"), "beta2": train.get("beta2"),
            "joint_d_forward": bool(train.get("joint_d_forward", False)),  # one D call per D step: not the paper's

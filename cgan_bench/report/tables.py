@@ -373,9 +373,9 @@ def format_paired(paired: pd.DataFrame) -> pd.DataFrame:
 
 def seed_cost_lines(done: pd.DataFrame) -> list[str]:
     """What one more seed costs per column: every head runs once more (pairs are by seed), each at the mean wall
-    time of its completed runs on the device they ran on: training with its curve evaluations (wall_s), plus the
-    final evaluation (eval_s) where every timed run recorded it. A head without a recorded time counts at the
-    others' mean."""
+    time of its completed runs on the device they ran on: the whole job (total_wall_s: data, caches, training,
+    evaluations) where every timed run recorded it, else training with its curve evaluations (wall_s) plus the
+    final evaluation (eval_s) where recorded. A head without a recorded time counts at the others' mean."""
     lines = []
     for column, g in done.groupby("column"):
         heads = g["head"].nunique()
@@ -383,7 +383,9 @@ def seed_cost_lines(done: pd.DataFrame) -> list[str]:
         if timed.empty:
             continue
         per_run, what = timed["wall_s"].astype(float), "training with its curve evaluations"
-        if "eval_s" in timed and timed["eval_s"].notna().all():
+        if "total_wall_s" in timed and timed["total_wall_s"].notna().all():
+            per_run, what = timed["total_wall_s"].astype(float), "the whole job"
+        elif "eval_s" in timed and timed["eval_s"].notna().all():
             per_run, what = per_run + timed["eval_s"].astype(float), what + " and the final evaluation"
         by_head = per_run.groupby(timed["head"]).mean()
         each = by_head.mean()  # the per-run mean over heads (the untimed ones at the others' mean)
@@ -397,7 +399,9 @@ def seed_cost_lines(done: pd.DataFrame) -> list[str]:
 
 
 def duration(seconds: float) -> str:
-    """A wall time as people read it: 42 s, 12.5 min, 3.2 h."""
+    """A wall time as people read it: 0.6 s, 42 s, 12.5 min, 3.2 h."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
