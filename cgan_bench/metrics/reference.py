@@ -133,4 +133,6 @@ def load_or_compute_noise_floor(space: FeatureSpace, data: ImageData, ref: dict,
     return load_or_build(path, load,  # lock-free read; corrupt: aside, rebuilt
                          lambda: noise_floor(ref["features"], ref["labels"], data.n_classes, n_real, n_fake,
                                              kid_subset_size, intra=first is None), atomic_write_json,
-                         f"the real-vs-real noise floor ({n_real} vs {n_fake} images, FID/KID/intra-FID)")
+                         f"the real-vs-real noise floor ({size_a} vs {size_b} real images standing in for "
+                         f"{n_real} real vs {n_fake} generated: FID/KID"
+                         + ("; intra-FID on class halves)" if first is None else ")"))

@@ -87,7 +87,9 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
         lines += ["## Noise floor (real vs real)", "",
                   "The same metrics between two disjoint random parts of the real split (`real split` above), "
                   "sized like the protocol where the data allows (else the smaller side's size kept and the rest "
-                  "on the other, else halves): differences between heads smaller than these are not evidence. "
+                  "on the other, else halves; intra-FID: the two halves of each class's real images, fewer per "
+                  "side than the protocol, so it errs high): differences between heads smaller than these are "
+                  "not evidence. "
                   "KID's ± is its "
                   "standard error over new draws of both sets, from the spread of its 100 subsets"
                   + (" (each of the size in the last column)" if "KID subset size" in floor else "")
