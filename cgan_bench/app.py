@@ -515,10 +515,27 @@ class RunDirWritable(Callback):
             sys.exit(EXIT_USER_ERROR)
 
 
+def configs_of_another_checkout(conf_dir: str = CONF_DIR) -> str | None:
+    """A warning where this code runs with another checkout's configs: `python -m cgan_bench` in a second clone
+    imports the clone's code, but `cgan_bench.conf` still resolves through pip's editable install of the first
+    (edits to the clone's conf/ would be ignored silently). None where they belong together."""
+    code_root = Path(__file__).resolve().parent.parent
+    own = code_root / "conf"
+    if not (own / "config.yaml").is_file() or not (code_root / "pyproject.toml").is_file():
+        return None  # an installed package (its configs are packaged with it), not a source checkout
+    if Path(conf_dir).resolve() == own.resolve():
+        return None
+    return (f"warning: this checkout's code ({code_root}) is running with the configs of {conf_dir}, where pip's "
+            f"editable install points; run `pip install -e .` in {code_root} to use its own conf/")
+
+
 def cli() -> None:
     """`--help` (ours) and `--version` answer here. Unknown config-group options (head=nope) and keys no config
     defines (+train.iteration=5) get one line and exit code 2 before Hydra starts."""
     argv = sys.argv[1:]
+    elsewhere = configs_of_another_checkout()
+    if elsewhere:
+        print(elsewhere, file=sys.stderr)
     if "--help" in argv or "-h" in argv:
         print(usage(argv), end="")
         sys.exit(0)

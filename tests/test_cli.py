@@ -1,11 +1,13 @@
 """`python -m cgan_bench` end to end: every head writes the run-directory contract; errors are clear; resume works."""
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
+import cgan_bench
 from cgan_bench.heads import HEADS
 from conftest import SMOKE, run_cli
 
@@ -125,3 +127,14 @@ def test_installed_wheel_runs_without_the_source_tree(tmp_path):
     r = run_cli(*SMOKE, "+sweep=digits", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((tmp_path / "run" / "status.json").read_text())["state"] == "completed"
+
+
+def test_a_checkout_running_another_checkouts_configs_is_warned(tmp_path):
+    """A second clone's `python -m cgan_bench` imports its own code but resolves `cgan_bench.conf` through the
+    editable install of the first: edits to its conf/ were ignored without a word."""
+    from cgan_bench.app import CONF_DIR, configs_of_another_checkout
+    assert configs_of_another_checkout(CONF_DIR) is None  # this checkout with its own configs (CI, day to day)
+    warning = configs_of_another_checkout(str(tmp_path / "conf"))
+    root = Path(cgan_bench.__file__).resolve().parent.parent
+    assert warning == (f"warning: this checkout's code ({root}) is running with the configs of {tmp_path / 'conf'}, "
+                       f"where pip's editable install points; run `pip install -e .` in {root} to use its own conf/")
