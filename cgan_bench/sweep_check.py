@@ -5,7 +5,7 @@ Hydra's basic sweeper expands the overrides (`head=a,b seed=range(3)` and the co
 into jobs and composes each job's config only when its batch launches. This callback, at multirun start,
 expands them the same way (BasicSweeper.split_arguments), composes each job's config with Hydra's own config
 loader (as Sweeper.validate_batch_is_legal does) and runs config.validate on it: the checks a job makes before
-it loads data. Checks that need the dataset (batch vs training-set size) still run per job.
+it loads data (and, for a fine-tune, that its parent is a completed run of the model it builds). Checks that need the dataset (batch vs training-set size) still run per job.
 
 It also warns (one line) where jobs repeat runs that completed in the sweep folder under other job numbers:
 Hydra names a job's folder by its number, so a sweep re-run with a longer seed list trains finished seeds
@@ -24,6 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config import ConfigError, validate
+from .train import finetune
 from .report.collect import _neutral, find_run_dirs
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -47,9 +48,12 @@ def first_invalid_job(config: DictConfig, jobs: list[list[str]] | None = None) -
     for num, job in enumerate(jobs):
         try:
             cfg = loader.load_sweep_config(master_config=config, sweep_overrides=list(job))
+            sweep_dir = Path(str(cfg.hydra.sweep.dir))
             with open_dict(cfg):
                 del cfg["hydra"]  # the job's own settings, as the job sees them
             validate(cfg)
+            if OmegaConf.select(cfg, "finetune.parent") is not None:  # a fine-tune: its parent, as the job reads it
+                finetune.check_parent(cfg, sweep_dir / "job", warn=False)
         except Exception as err:  # a ConfigError; or a deleted key, a broken interpolation the job would stop at
             text = str(err) if isinstance(err, ConfigError) else \
                 f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"

@@ -122,5 +122,8 @@ def test_the_finetune_recipe_without_a_parent_is_refused_before_any_job():
     assert problem.startswith("sweep job 0 of 4 (") and problem.endswith(
         "finetune.parent is required here (+sweep=finetune fine-tunes a finished run): add "
         "finetune.parent=runs/<a completed run>")
-    with sweep_config("+sweep=finetune", "finetune.parent=runs/some_run") as cfg:
-        assert first_invalid_job(cfg) is None  # the parent itself is read when the job starts
+    with sweep_config("+sweep=finetune", "finetune.parent=runs/no_such_run") as cfg:
+        problem = first_invalid_job(cfg)  # the parent is checked up front too (it failed 4 jobs, exit 1)
+    assert problem.startswith("sweep job 0 of 4 (") and problem.endswith(
+        "finetune.parent=runs/no_such_run is not allowed: no such directory (give the run directory of a "
+        "completed run)")

@@ -90,6 +90,22 @@ def identity(cfg) -> dict:
 def read_parent(cfg, child_dir: Path) -> Parent:
     """The parent run, refused in one line unless it completed, kept its final checkpoint and was trained with
     the dataset, model and head this job builds."""
+    path, status, where = check_parent(cfg, child_dir)
+    try:
+        state = load_checkpoint(path / "checkpoints", map_location="cpu")
+    except CheckpointUnreadable:
+        state = None
+    if state is None or state.get("iteration") != status.get("iteration"):
+        found = "none is readable" if state is None else f"the readable one is at iteration {state.get('iteration')}"
+        raise ParentRefused(f"{where} has no final checkpoint (its status says iteration {status.get('iteration')}; "
+                            f"{found} in {path / 'checkpoints'}); fine-tune a completed run that kept its checkpoints")
+    return Parent(path, int(state["iteration"]), state)
+
+
+def check_parent(cfg, child_dir: Path, warn: bool = True) -> tuple[Path, dict, str]:
+    """(path, status, 'finetune.parent=...') of a parent that exists, completed and was trained with this job's
+    dataset/model/head, else ParentRefused: what a sweep checks of every job before the first runs (the checkpoint
+    itself is read when the job starts). `warn`: log a recipe that differs from the parent's."""
     given = str(cfg.finetune.parent)
     where = f"finetune.parent={given}"
     path = Path(given).expanduser().absolute()
@@ -115,7 +131,7 @@ def read_parent(cfg, child_dir: Path) -> Parent:
     except Exception as err:  # missing, not YAML, an interpolation that does not resolve
         raise ParentRefused(f"{where}: cannot read its config {config_file} ({type(err).__name__}); the parent "
                             f"must be a run directory of this harness") from None
-    if other_recipe:  # allowed (a deliberate choice is possible), but never silent: the batch, n_dis, precision...
+    if other_recipe and warn:  # allowed (a deliberate choice is possible), but never silent: batch, n_dis, precision...
         log.warning("%s: this fine-tune trains with other train settings than its parent did (parent -> this "
                     "job: %s); give it the parent's train=... to continue the parent's recipe", where,
                     "; ".join(other_recipe))
@@ -123,15 +139,7 @@ def read_parent(cfg, child_dir: Path) -> Parent:
         raise ParentRefused(f"{where} was trained with another dataset/model/head than this job builds (parent -> "
                             f"this job: {'; '.join(differences)}); give this job the parent's settings (e.g. "
                             f"head=..., dataset=...) or fine-tune another run")
-    try:
-        state = load_checkpoint(path / "checkpoints", map_location="cpu")
-    except CheckpointUnreadable:
-        state = None
-    if state is None or state.get("iteration") != status.get("iteration"):
-        found = "none is readable" if state is None else f"the readable one is at iteration {state.get('iteration')}"
-        raise ParentRefused(f"{where} has no final checkpoint (its status says iteration {status.get('iteration')}; "
-                            f"{found} in {path / 'checkpoints'}); fine-tune a completed run that kept its checkpoints")
-    return Parent(path, int(state["iteration"]), state)
+    return path, status, where
 
 
 # ---- the classifier and its loss ---------------------------------------------------------------------------
