@@ -14,7 +14,8 @@ from cgan_bench.train.loop import build_models
 SWEEPS = sorted(p.stem for p in (Path(CONF_DIR) / "sweep").glob("*.yaml"))
 N_CLASSES = {"digits": 10, "stacked_digits": 10, "cifar10": 10, "cifar100": 100}
 # What the recipe's header says to add on the command line (ImageNet's folder is the user's).
-COMMAND_LINE = {"paper_imagenet": ["dataset.path=/data/imagenet"]}
+# what a recipe's documented command line adds (its own header says so); without it the recipe is refused
+COMMAND_LINE = {"paper_imagenet": ["dataset.path=/data/imagenet"], "finetune": ["finetune.parent=runs/a_run"]}
 
 
 def swept_jobs(name: str) -> list[list[str]]:
