@@ -5,13 +5,13 @@ Hydra's basic sweeper expands the overrides (`head=a,b seed=range(3)` and the co
 into jobs and composes each job's config only when its batch launches. This callback, at multirun start,
 expands them the same way (BasicSweeper.split_arguments), composes each job's config with Hydra's own config
 loader (as Sweeper.validate_batch_is_legal does) and runs config.validate on it: the checks a job makes before
-it loads data (and, for a fine-tune, that its parent is a completed run of the model it builds). Checks that need the dataset (batch vs training-set size) still run per job.
+it loads data (and, for a fine-tune, that its parent is a completed run of the model it builds). Checks that
+need the dataset (batch vs training-set size) still run per job.
 
 It also warns (one line) where jobs repeat runs that completed in the sweep folder under other job numbers:
 Hydra names a job's folder by its number, so a sweep re-run with a longer seed list trains finished seeds
 again in new folders instead of skipping them (the report then counts each seed once).
 """
-import json
 import sys
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config import ConfigError, validate
 from .train import finetune
-from .report.collect import _neutral, find_run_dirs
+from .report.collect import find_run_dirs, is_neutral, read_status
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
@@ -63,7 +63,7 @@ def first_invalid_job(config: DictConfig, jobs: list[list[str]] | None = None) -
 
 def settings(overrides) -> frozenset:
     """A job's overrides that change what it computes (not where it writes or logs: report.collect's neutral ones)."""
-    return frozenset(str(o) for o in overrides if not _neutral(str(o).partition("=")[0]))
+    return frozenset(str(o) for o in overrides if not is_neutral(str(o).partition("=")[0]))
 
 
 def repeated_jobs(config: DictConfig, jobs: list[list[str]]) -> list[tuple[int, str]]:
@@ -76,10 +76,9 @@ def repeated_jobs(config: DictConfig, jobs: list[list[str]]) -> list[tuple[int, 
         return []
     done: dict[frozenset, list[str]] = {}
     for run in find_run_dirs(sweep_dir):
+        if read_status(run).get("state") != "completed":
+            continue
         try:
-            status = json.loads((run / "status.json").read_text())
-            if not isinstance(status, dict) or status.get("state") != "completed":
-                continue
             overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
         except (OSError, ValueError, yaml.YAMLError):
             continue
@@ -108,6 +107,7 @@ class SweepJobsValid(Callback):
         if repeats:
             num, folder = repeats[0]
             print(f"warning: {len(repeats)} of {len(jobs)} jobs repeat runs that completed in "
-                  f"{config.hydra.sweep.dir} under other job numbers (job {num}: {' '.join(jobs[num])} repeats {folder}), "
+                  f"{config.hydra.sweep.dir} under other job numbers (job {num}: {' '.join(jobs[num])} repeats "
+                  f"{folder}), "
                   "so they train again in new folders; to add seeds to a sweep, rerun it with only the new seeds "
                   "(Ctrl-C stops this one; finished jobs are kept)", file=sys.stderr)

@@ -30,6 +30,18 @@ def _read_yaml(path: Path) -> dict:
         return {}
 
 
+def read_status(run_dir: Path) -> dict:
+    """A run directory's status.json; one that is missing, unreadable or no JSON object is a state saying so
+    (the run is listed, never a crash of the report or the sweep check)."""
+    try:
+        status = json.loads((run_dir / "status.json").read_text())
+    except FileNotFoundError:
+        return {"state": "not started", "reason": "no status.json"}
+    except (OSError, ValueError) as err:  # half-written, corrupt bytes, unreadable
+        return {"state": "unknown", "reason": f"status.json unreadable ({type(err).__name__})"}
+    return status if isinstance(status, dict) else {"state": "unknown", "reason": "status.json is not a JSON object"}
+
+
 def find_run_dirs(sweep_dir: Path) -> list[Path]:
     """Every folder under the sweep that Hydra made a job directory (it has .hydra/config.yaml)."""
     return sorted(p.parent.parent for p in Path(sweep_dir).glob("**/.hydra/config.yaml")
@@ -60,21 +72,14 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
     cfg = _read_yaml(run_dir / ".hydra" / "config.yaml")
     ident = {"run": run_dir.name, "dataset": (cfg.get("dataset") or {}).get("name"),
              "head": (cfg.get("head") or {}).get("name"), "seed": cfg.get("seed")}
-    status_path = run_dir / "status.json"
-    try:
-        status = json.loads(status_path.read_text())
-    except FileNotFoundError:
-        status = {"state": "not started", "reason": "no status.json"}
-    except (OSError, ValueError) as err:  # half-written, corrupt bytes, unreadable: the run is listed, not fatal
-        status = {"state": "unknown", "reason": f"status.json unreadable ({type(err).__name__})"}
-    if not isinstance(status, dict):
-        status = {"state": "unknown", "reason": "status.json is not a JSON object"}
+    status = read_status(run_dir)
     lines = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     evals = [{**ident, **r} for r in lines if r.get("phase") in ("curve", "final")]
     finals = [r for r in evals if r["phase"] == "final"]
     train = cfg.get("train") or {}
     overrides = _read_yaml(run_dir / ".hydra" / "overrides.yaml") or []
-    row = {**ident, "overrides": " ".join(str(o) for o in overrides), "state": status.get("state"), "reason": status.get("reason", ""),
+    row = {**ident, "overrides": " ".join(str(o) for o in overrides), "state": status.get("state"),
+           "reason": status.get("reason", ""),
            "iteration": status.get("iteration"), "total_iterations": status.get("total_iterations"),
            "wall_s": status.get("wall_s"), "it_per_s": status.get("it_per_s"), "updated": status.get("updated"),
            "total_wall_s": status.get("total_wall_s"),
@@ -111,7 +116,8 @@ NEUTRAL_OVERRIDES = ("wandb", "report", "report_dir", "sweep_name", "resume", "h
                      "eval.batch_size", "eval.inception_weights", "dataset.root", "dataset.path")
 
 
-def _neutral(key: str) -> bool:
+def is_neutral(key: str) -> bool:
+    """An override of where a run writes or logs (NEUTRAL_OVERRIDES), not of what it computes."""
     key = key.lstrip("+~")
     return any(key == k or key.startswith(k + ".") for k in NEUTRAL_OVERRIDES)
 
@@ -122,7 +128,7 @@ def variants(rows: list[dict]) -> dict[str, str]:
     NEUTRAL_OVERRIDES, is no setting)."""
     parsed = {r["run"]: dict(o.partition("=")[::2] for o in r.get("overrides", "").split() if "=" in o)
               for r in rows}
-    keys = {k for p in parsed.values() for k in p if k.lstrip("+~") not in IDENTITY_OVERRIDES and not _neutral(k)}
+    keys = {k for p in parsed.values() for k in p if k.lstrip("+~") not in IDENTITY_OVERRIDES and not is_neutral(k)}
     varying = sorted(k for k in keys if len({p.get(k) for p in parsed.values()}) > 1)
     return {run: " ".join(f"{k}={p[k]}" for k in varying if k in p) for run, p in parsed.items()}
 

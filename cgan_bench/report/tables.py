@@ -309,8 +309,8 @@ def paired_vs_projection(done: pd.DataFrame, metrics=tuple(VERDICT_METRICS)) -> 
     t-tests, Holm-adjusted; the interval is the simultaneous (Bonferroni) 1 - 0.05 / m interval of the mean
     difference; effect size d_z = mean difference / std of the differences; `reference` is the noise floor
     (real vs real) for FID-type metrics and the real ceiling for mode metrics. `detectable` and `pairs_80`: the
-    test's power at alpha / (heads with a test), Bonferroni, a bound on Holm (report/power.py): the smallest difference these seeds detect with 80%
-    probability, and the seeds that would detect the observed difference."""
+    test's power at alpha / (heads with a test), Bonferroni, a bound on Holm (report/power.py): the smallest
+    difference these seeds detect with 80% probability, and the seeds that would detect the observed one."""
     rows, spaces = [], column_spaces(done)
     for column, g in done.groupby("column"):
         base = g[g["head"] == "projection"].set_index("seed")
