@@ -30,6 +30,7 @@ from .heads import UnknownHeadError
 from .io import atomic_write_text
 from .metrics.feature_space import WeightsMissingError, make_feature_space
 from .metrics.kid_error import kid_unit
+from .overrides import register_resolver
 from .tracking import WandbTracker, resolve_mode
 from .train import distributed, finetune
 from .train.cuda_graph import check_supported as check_graph_supported
@@ -394,6 +395,9 @@ def _run_job_locked(cfg: DictConfig, run: RunDir, group: str, job_num: int, hydr
         if tracker is not None:
             tracker.finish(1)
         raise
+
+
+register_resolver()  # hydra.sweep.subdir names job folders with it (here and in every worker that imports main)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

@@ -69,7 +69,9 @@ Examples:
 Where results land (relative to the current directory):
   a run:    runs/<time>_<dataset>_<head>_s<seed>/ (status.json, metrics.jsonl, per_class.csv, samples/,
             checkpoints/); choose it with hydra.run.dir=DIR, rerun the same command to resume
-  a sweep:  multirun/<time>/<job>/ per run; the report in multirun/<time>/report/ (linked as report.md)
+  a sweep:  multirun/<time>/<dataset>_<head>_s<seed>[_<key>-<value>...]/ per run, named by its settings (to add
+            seeds, rerun with hydra.sweep.dir=multirun/<time>: finished jobs are skipped); the report in
+            multirun/<time>/report/ (linked as report.md)
   caches:   eval.cache_dir, else $CGAN_BENCH_CACHE, else ~/.cache/cgan_bench
 
 Hydra's own help (override syntax, --cfg, --multirun, launchers): python -m cgan_bench --hydra-help

@@ -43,7 +43,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
 from hydra_plugins.hydra_joblib_launcher import _core as joblib_core
@@ -51,6 +50,8 @@ from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .overrides import job_run_dir
 
 log = logging.getLogger("cgan_bench")
 FINAL_STATES = ("completed", "failed", "diverged")  # a job in one of these has ended: nothing to mark
@@ -299,36 +300,26 @@ class SurvivingJoblibLauncher(JoblibLauncher):
             cfg.hydra.job.num = job
         return cfg
 
-    def run_dir(self, cfg: DictConfig) -> Path:
-        """hydra.sweep.dir/hydra.sweep.subdir, resolved against this job's config (as hydra.core.utils.run_job)."""
-        hydra_config = HydraConfig.instance()
-        saved = hydra_config.cfg
-        try:
-            hydra_config.set_config(cfg)
-            return Path(str(OmegaConf.select(cfg, "hydra.sweep.dir"))) / str(OmegaConf.select(cfg, "hydra.sweep.subdir"))
-        finally:
-            hydra_config.cfg = saved
-
     def wait_for_locks(self, jobs: dict[int, list[str]]) -> None:
         """Wait (at most WAIT_S) until no killed process holds these jobs' run directories any more, so their
         relaunch is not refused as busy."""
         from .train.run_lock import is_held
         deadline = time.monotonic() + WAIT_S
         for job, overrides in jobs.items():
-            path = self.run_dir(self.job_config(job, overrides))
+            path = job_run_dir(self.job_config(job, overrides))
             while is_held(path) and time.monotonic() < deadline:
                 time.sleep(0.1)
 
     def mark_failed(self, job: int, overrides: list[str], reason: str) -> bool:
         cfg = self.job_config(job, overrides)
-        path = self.run_dir(cfg)
+        path = job_run_dir(cfg)
         log.error("job #%d (%s) failed: %s", job, " ".join(filter_overrides(overrides)), reason)
         return mark_failed(path, reason, int(OmegaConf.select(cfg, "train.iterations", default=0) or 0))
 
     def failed_return(self, job: int, overrides: list[str]) -> JobReturn:
         """A failed job's return: completed with None, as app.main returns for a failed run, so that Hydra's
         sweeper goes on and on_multirun_end writes the report (a FAILED JobReturn would make Hydra raise)."""
-        ret = JobReturn(overrides=list(overrides), working_dir=str(self.run_dir(self.job_config(job, overrides))),
+        ret = JobReturn(overrides=list(overrides), working_dir=str(job_run_dir(self.job_config(job, overrides))),
                         task_name=str(self.config.hydra.job.name), status=JobStatus.COMPLETED)
         ret.return_value = None
         return ret

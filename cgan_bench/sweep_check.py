@@ -8,9 +8,10 @@ loader (as Sweeper.validate_batch_is_legal does) and runs config.validate on it:
 it loads data (and, for a fine-tune, that its parent is a completed run of the model it builds). Checks that
 need the dataset (batch vs training-set size) still run per job.
 
-It also warns (one line) where jobs repeat runs that completed in the sweep folder under other job numbers:
-Hydra names a job's folder by its number, so a sweep re-run with a longer seed list trains finished seeds
-again in new folders instead of skipping them (the report then counts each seed once).
+A job's folder is named by its settings (overrides.job_folder), so a sweep re-run with more seeds skips its
+finished jobs. Two jobs that would share a folder are refused (one line). Runs that completed in the sweep
+folder under other names (sweeps from before that naming, when Hydra numbered job folders, or another
+hydra.sweep.subdir) would train again in new folders: one warning line (the report counts each seed once).
 """
 import sys
 from pathlib import Path
@@ -25,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config import ConfigError, validate
 from .train import finetune
-from .report.collect import find_run_dirs, is_neutral, read_status
+from .overrides import job_run_dir, settings
+from .report.collect import find_run_dirs, read_status
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
@@ -41,13 +43,17 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
 
-def first_invalid_job(config: DictConfig, jobs: list[list[str]] | None = None) -> str | None:
-    """'job N of M (overrides): problem' for the first job whose config fails validation, else None."""
+def check_jobs(config: DictConfig, jobs: list[list[str]]) -> tuple[str | None, list[Path]]:
+    """('job N of M (overrides): problem' for the first job whose config fails validation, else None; the run
+    folder of each job checked before it)."""
     loader = GlobalHydra.instance().config_loader()
-    jobs = sweep_jobs(config) if jobs is None else jobs
+    folders = []
     for num, job in enumerate(jobs):
         try:
             cfg = loader.load_sweep_config(master_config=config, sweep_overrides=list(job))
+            with open_dict(cfg):
+                cfg.hydra.job.num = num
+            folders.append(job_run_dir(cfg))
             sweep_dir = Path(str(cfg.hydra.sweep.dir))
             with open_dict(cfg):
                 del cfg["hydra"]  # the job's own settings, as the job sees them
@@ -57,22 +63,35 @@ def first_invalid_job(config: DictConfig, jobs: list[list[str]] | None = None) -
         except Exception as err:  # a ConfigError; or a deleted key, a broken interpolation the job would stop at
             text = str(err) if isinstance(err, ConfigError) else \
                 f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
-            return f"sweep job {num} of {len(jobs)} ({' '.join(job)}): {text}"
+            return f"sweep job {num} of {len(jobs)} ({' '.join(job)}): {text}", folders
+    return None, folders
+
+
+def first_invalid_job(config: DictConfig, jobs: list[list[str]] | None = None) -> str | None:
+    """'job N of M (overrides): problem' for the first job whose config fails validation, else None."""
+    return check_jobs(config, sweep_jobs(config) if jobs is None else jobs)[0]
+
+
+def shared_folder(jobs: list[list[str]], folders: list[Path]) -> str | None:
+    """One line where two jobs would write to one folder (they differ only in where they write or log, or in a
+    hydra.sweep.subdir that does not tell them apart), else None: the second would resume or skip the first."""
+    first: dict[Path, int] = {}
+    for num, folder in enumerate(folders):
+        if folder in first:
+            other = first[folder]
+            return (f"sweep jobs {other} ({' '.join(jobs[other])}) and {num} ({' '.join(jobs[num])}) would write to "
+                    f"one folder, {folder}: sweep a setting that changes results, or name folders apart "
+                    "(hydra.sweep.subdir)")
+        first[folder] = num
     return None
 
 
-def settings(overrides) -> frozenset:
-    """A job's overrides that change what it computes (not where it writes or logs: report.collect's neutral ones)."""
-    return frozenset(str(o) for o in overrides if not is_neutral(str(o).partition("=")[0]))
-
-
-def repeated_jobs(config: DictConfig, jobs: list[list[str]]) -> list[tuple[int, str]]:
+def repeated_jobs(config: DictConfig, jobs: list[list[str]], folders: list[Path]) -> list[tuple[int, str]]:
     """(job number, folder) of each job whose settings equal those of a run that completed in the sweep folder
-    under another job number: it would train again. Only for job folders named by number first (the default
-    hydra.sweep.subdir); a folder with this job's number is resumed or skipped, as README says."""
-    subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir", "")
+    under another folder name (a sweep from before folders were named by settings, when Hydra numbered them, or
+    with another hydra.sweep.subdir): it would train again. A job's own folder is resumed or skipped."""
     sweep_dir = Path(str(config.hydra.sweep.dir))
-    if not str(subdir).startswith("${hydra.job.num}_") or not sweep_dir.is_dir():
+    if not sweep_dir.is_dir():
         return []
     done: dict[frozenset, list[str]] = {}
     for run in find_run_dirs(sweep_dir):
@@ -84,10 +103,10 @@ def repeated_jobs(config: DictConfig, jobs: list[list[str]]) -> list[tuple[int, 
             continue
         done.setdefault(settings(overrides), []).append(run.name)
     repeats = []
-    for num, job in enumerate(jobs):
-        folders = done.get(settings(job), [])
-        if folders and not any(f.startswith(f"{num}_") for f in folders):
-            repeats.append((num, folders[0]))
+    for num, (job, folder) in enumerate(zip(jobs, folders)):
+        names = done.get(settings(job), [])
+        if names and folder.name not in names:
+            repeats.append((num, names[0]))
     return repeats
 
 
@@ -99,15 +118,19 @@ class SweepJobsValid(Callback):
         if OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER:
             return
         jobs = sweep_jobs(config)
-        problem = first_invalid_job(config, jobs)
+        problem, folders = check_jobs(config, jobs)
         if problem:
             print(f"error: {problem}; nothing was run: fix that value and rerun the sweep", file=sys.stderr)
             sys.exit(2)
-        repeats = repeated_jobs(config, jobs)
+        problem = shared_folder(jobs, folders)
+        if problem:
+            print(f"error: {problem}; nothing was run", file=sys.stderr)
+            sys.exit(2)
+        repeats = repeated_jobs(config, jobs, folders)
         if repeats:
             num, folder = repeats[0]
             print(f"warning: {len(repeats)} of {len(jobs)} jobs repeat runs that completed in "
-                  f"{config.hydra.sweep.dir} under other job numbers (job {num}: {' '.join(jobs[num])} repeats "
-                  f"{folder}), "
-                  "so they train again in new folders; to add seeds to a sweep, rerun it with only the new seeds "
+                  f"{config.hydra.sweep.dir} under other folder names (job {num}: {' '.join(jobs[num])} repeats "
+                  f"{folder}; older sweeps named folders by job number), so they train again in new "
+                  "folders; to add seeds to such a sweep, rerun it with only the new seeds "
                   "(Ctrl-C stops this one; finished jobs are kept)", file=sys.stderr)

@@ -202,7 +202,7 @@ def test_the_sweep_recipe_fine_tunes_a_parent_per_weight(family, tmp_path):
     r = run_cli("-m", "+sweep=finetune", *SMOKE, f"finetune.parent={parent}", "finetune.weight=0,1",
                 "finetune.iterations=2", "finetune.classifier=domain", f"hydra.sweep.dir={sweep}")
     assert r.returncode == 0, r.stderr[-3000:]
-    statuses = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/status.json"))]
+    statuses = sorted((json.loads(p.read_text()) for p in sweep.glob("*/status.json")), key=lambda s: s["finetune_weight"])
     assert [(s["state"], s["iteration"], s["finetune_weight"]) for s in statuses] == \
         [("completed", PARENT_IT + 2, 0.0), ("completed", PARENT_IT + 2, 1.0)]
     report = (sweep / "report" / "report.md").read_text()

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from cgan_bench.train.checkpoint import load_checkpoint, save_checkpoint
-from conftest import SMOKE, run_cli
+from conftest import SMOKE, run_cli, sweep_folders
 
 LONG = [*SMOKE, "train.iterations=60", "train.checkpoint_every=5", "train.log_every=5", "train.sample_every=1000"]
 
@@ -297,13 +297,13 @@ def test_sigterm_stops_a_sweep_that_runs_its_jobs_in_one_process(tmp_path):
     sweep, so the preempted job's successor must not start (it did, and the sweep ran to its end)."""
     sweep = tmp_path / "sweep"
     proc = start_cli("-m", "head=projection,concat", *LONG, "train.iterations=2000", f"hydra.sweep.dir={sweep}")
-    first = sweep / "0_digits_projection_s0"
+    first = sweep_folders("head=projection,concat", *LONG, "train.iterations=2000", f"hydra.sweep.dir={sweep}")[0]
     wait_for_iteration(first, 10, proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0 and "the sweep stops here" in err, err[-2000:]
     assert json.loads((first / "status.json").read_text())["state"] == "preempted"
-    assert not (sweep / "1_digits_concat_s0").exists()
+    assert [p.name for p in sweep.iterdir() if p.name.startswith("digits_")] == [first.name]
 
 
 @pytest.mark.slow
@@ -315,7 +315,8 @@ def test_sigterm_to_a_joblib_sweep_preempts_its_workers_and_starts_nothing_more(
     sweep = tmp_path / "sweep"
     proc = start_cli("-m", "head=projection,concat,acgan", *LONG, "train.iterations=2000", "hydra/launcher=joblib",
                      "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}")
-    running = [sweep / "0_digits_projection_s0", sweep / "1_digits_concat_s0"]
+    *running, queued = sweep_folders("head=projection,concat,acgan", *LONG, "train.iterations=2000",
+                                     f"hydra.sweep.dir={sweep}")
     for run_dir in running:
         wait_for_iteration(run_dir, 10, proc)
     proc.send_signal(signal.SIGTERM)
@@ -327,4 +328,4 @@ def test_sigterm_to_a_joblib_sweep_preempts_its_workers_and_starts_nothing_more(
         assert load_checkpoint(run_dir / "checkpoints")["iteration"] == status["iteration"]
         with RunDirLock(run_dir):  # taken at once: no worker still holds it
             pass
-    assert not (sweep / "2_digits_acgan_s0" / "status.json").exists()
+    assert not (queued / "status.json").exists()

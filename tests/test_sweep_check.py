@@ -1,34 +1,16 @@
 """A sweep's jobs are checked before the first runs: a bad value in any job is one line and exit code 2 with
-nothing run (it used to surface as that job's refusal after the jobs before it had trained); jobs that would
-train again what completed in the sweep folder under another job number are one warning line."""
+nothing run (it used to surface as that job's refusal after the jobs before it had trained); a job's folder is
+named by its settings, so a sweep re-run with more seeds skips its finished jobs; two jobs that would share a
+folder are refused; jobs that would train again what completed under another folder name are one warning line."""
+import hashlib
 import json
 
 import pytest
 import yaml
-from hydra import initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.types import RunMode
 
-from cgan_bench.cli_help import CONF_DIR
-from cgan_bench.sweep_check import first_invalid_job, repeated_jobs, sweep_jobs
-from conftest import SMOKE, run_cli
-
-
-class sweep_config:
-    """The config Hydra composes for `python -m cgan_bench -m OVERRIDES` (as the callback receives it), with
-    Hydra initialised on our config folder while the block runs."""
-
-    def __init__(self, *overrides: str):
-        self.overrides = list(overrides)
-
-    def __enter__(self):
-        self.context = initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3")
-        self.context.__enter__()
-        return GlobalHydra.instance().config_loader().load_configuration(
-            config_name="config", overrides=self.overrides, run_mode=RunMode.MULTIRUN)
-
-    def __exit__(self, *exc):
-        return self.context.__exit__(*exc)
+from cgan_bench.overrides import job_folder
+from cgan_bench.sweep_check import check_jobs, first_invalid_job, repeated_jobs, shared_folder, sweep_jobs
+from conftest import SMOKE, run_cli, sweep_config
 
 
 def test_a_bad_value_in_a_later_job_refuses_the_sweep_before_any_job_runs(tmp_path):
@@ -80,9 +62,41 @@ def fake_run(sweep_dir, name: str, overrides: list[str], state: str = "completed
     (sweep_dir / name / "status.json").write_text(json.dumps({"state": state}))
 
 
-def test_jobs_that_repeat_completed_runs_under_other_job_numbers_are_found(tmp_path):
-    # a first sweep (seed=0: projection = job 0, concat = job 1), then the same folder with seed=0,1: concat s0
-    # is job 2 now, a new folder; projection s0 keeps job 0 (resumed/skipped)
+def test_a_job_folder_is_named_by_its_settings_not_its_place_in_the_sweep():
+    assert job_folder("digits", "concat", 3, ["head=concat", "seed=3", "+adam=B", "wandb.mode=disabled",
+                                              "+sweep=hparams", "hydra/launcher=joblib"]) == "digits_concat_s3_adam-B"
+    assert job_folder("digits", "projection", 0, []) == "digits_projection_s0"
+    # sorted, so the order on the command line does not matter
+    assert job_folder("digits", "projection", 0, ["train=smoke", "eval=smoke"]) == \
+        job_folder("digits", "projection", 0, ["eval=smoke", "train=smoke"]) == "digits_projection_s0_eval-smoke_train-smoke"
+    # a path (unsafe in a name and in an override value) or a long value is its hash; a deleted key says so
+    parent = "multirun/2026-12-01/digits_projection_s0"
+    assert job_folder("digits", "projection", 0, [f"finetune.parent={parent}", "finetune.weight=0.1", "~train.lr"]) == \
+        f"digits_projection_s0_finetune.parent-{hashlib.sha1(parent.encode()).hexdigest()[:8]}_finetune.weight-0.1_no-train.lr"
+    many = [f"train.key_number_{i}=value{i}" for i in range(8)]
+    name = job_folder("digits", "projection", 0, many)
+    assert name == "digits_projection_s0_" + hashlib.sha1(" ".join(sorted(many)).encode()).hexdigest()[:8]
+
+
+def test_each_jobs_folder_is_resolved_from_its_own_config_and_a_shared_folder_is_refused(tmp_path):
+    with sweep_config("head=projection,concat", "seed=0,1", "+adam=B", f"hydra.sweep.dir={tmp_path}") as cfg:
+        jobs = sweep_jobs(cfg)
+        problem, folders = check_jobs(cfg, jobs)
+    assert problem is None and shared_folder(jobs, folders) is None
+    assert [f.relative_to(tmp_path).as_posix() for f in folders] == [
+        "digits_projection_s0_adam-B", "digits_projection_s1_adam-B", "digits_concat_s0_adam-B", "digits_concat_s1_adam-B"]
+    with sweep_config("head=projection", "eval.batch_size=64,128", f"hydra.sweep.dir={tmp_path}") as cfg:
+        jobs = sweep_jobs(cfg)
+        problem, folders = check_jobs(cfg, jobs)  # eval.batch_size changes where nothing is computed differently
+    assert problem is None and shared_folder(jobs, folders) == (
+        "sweep jobs 0 (head=projection eval.batch_size=64) and 1 (head=projection eval.batch_size=128) would write to "
+        f"one folder, {tmp_path}/digits_projection_s0: sweep a setting that changes results, or name folders apart "
+        "(hydra.sweep.subdir)")
+
+
+def test_jobs_that_repeat_completed_runs_under_other_folder_names_are_found(tmp_path):
+    # a sweep from before folders were named by settings (Hydra numbered them: projection s0 = job 0, concat s0 =
+    # job 1), then the same folder with seed=0,1: the finished seeds would train again under their new names
     fake_run(tmp_path, "0_digits_projection_s0", ["head=projection", "seed=0", "train=smoke", "wandb.mode=disabled"])
     fake_run(tmp_path, "1_digits_concat_s0", ["head=concat", "seed=0", "train=smoke"])
     fake_run(tmp_path, "1_digits_acgan_s1", ["head=acgan", "seed=1", "train=smoke"], state="failed")
@@ -90,29 +104,43 @@ def test_jobs_that_repeat_completed_runs_under_other_job_numbers_are_found(tmp_p
                       f"hydra.sweep.dir={tmp_path}") as cfg:
         jobs = sweep_jobs(cfg)
         assert jobs[2] == ["head=concat", "seed=0", "train=smoke"]
-        assert repeated_jobs(cfg, jobs) == [(2, "1_digits_concat_s0")]  # a failed run is not a repeat
+        folders = check_jobs(cfg, jobs)[1]
+        # a failed run is not a repeat
+        assert repeated_jobs(cfg, jobs, folders) == [(0, "0_digits_projection_s0"), (2, "1_digits_concat_s0")]
+        fake_run(tmp_path, "digits_projection_s0_train-smoke", ["head=projection", "seed=0", "train=smoke"])
+        assert repeated_jobs(cfg, jobs, folders) == [(2, "1_digits_concat_s0")]  # it has its own folder now
     with sweep_config("head=projection,concat", "seed=0", "train=quick", f"hydra.sweep.dir={tmp_path}") as cfg:
-        assert repeated_jobs(cfg, sweep_jobs(cfg)) == []  # other settings: not a repeat
-    with sweep_config("head=projection,concat", "seed=0,1", "train=smoke", f"hydra.sweep.dir={tmp_path}",
-                      "hydra.sweep.subdir=${head.name}_${seed}") as cfg:
-        assert repeated_jobs(cfg, sweep_jobs(cfg)) == []  # folders not named by job number: no claim made
+        jobs = sweep_jobs(cfg)
+        assert repeated_jobs(cfg, jobs, check_jobs(cfg, jobs)[1]) == []  # other settings: not a repeat
 
 
 @pytest.mark.slow
-def test_a_sweep_rerun_with_a_longer_seed_list_warns_before_it_trains_again(tmp_path):
+def test_a_sweep_rerun_with_more_seeds_skips_its_finished_jobs_and_warns_about_numbered_folders(tmp_path):
     sweep_dir = tmp_path / "sweep"
+    numbered = "hydra.sweep.subdir=${hydra.job.num}_${hydra:runtime.choices.dataset}_${hydra:runtime.choices.head}_s${seed}"
+    old = run_cli("-m", "head=projection", "seed=0", *SMOKE, f"hydra.sweep.dir={sweep_dir}", numbered)
+    assert old.returncode == 0, old.stderr[-2000:]  # a sweep as they were named before: by job number
     first = run_cli("-m", "head=projection,concat", "seed=0", *SMOKE, f"hydra.sweep.dir={sweep_dir}")
     assert first.returncode == 0, first.stderr[-2000:]
-    more = run_cli("-m", "head=projection,concat", "seed=1", *SMOKE, f"hydra.sweep.dir={sweep_dir}")
-    assert more.returncode == 0 and "warning:" not in more.stderr  # only the new seed: the way to add seeds
+    warnings = [line for line in first.stderr.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: 1 of 2 jobs repeat runs that completed in {sweep_dir} under other folder names "
+                        "(job 0: head=projection seed=0 " + " ".join(SMOKE) + " repeats 0_digits_projection_s0; older "
+                        "sweeps named folders by job number), so they train again in new folders; to add "
+                        "seeds to such a sweep, rerun it with only the new seeds (Ctrl-C stops this one; finished jobs "
+                        "are kept)"], first.stderr[-3000:]
+    names = {head: f"digits_{head}_s{{}}_eval.classifier_epochs-2_eval-smoke_train-smoke" for head in ("projection", "concat")}
+    finished = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("digits_*/checkpoints/last.pt")}
+    assert sorted(p.parent.parent.name for p in finished) == sorted(n.format(0) for n in names.values())
     again = run_cli("-m", "head=projection,concat", "seed=0,1", *SMOKE, f"hydra.sweep.dir={sweep_dir}")
-    warnings = [line for line in again.stderr.splitlines() if line.startswith("warning:")]
-    assert warnings == [f"warning: 3 of 4 jobs repeat runs that completed in {sweep_dir} under other job numbers "
-                        "(job 1: head=projection seed=1 " + " ".join(SMOKE) + " repeats 0_digits_projection_s1), so they "
-                        "train again in new folders; to add seeds to a sweep, rerun it with only the new seeds "
-                        "(Ctrl-C stops this one; finished jobs are kept)"], again.stderr[-3000:]
+    assert again.returncode == 0 and "warning:" not in again.stderr, again.stderr[-3000:]
+    assert (again.stdout + again.stderr).count("is already completed; skipping") == 2
+    assert {p: p.stat().st_mtime_ns for p in finished} == finished  # seed 0 of both heads was not trained again
+    for name in names.values():
+        assert json.loads((sweep_dir / name.format(1) / "status.json").read_text())["state"] == "completed"
     report = (sweep_dir / "report" / "report.md").read_text()
-    assert "- digits: concat seed 0 completed 2 times; the tables use 2_digits_concat_s0 (the newest)" in report
+    # the numbered projection s0 and its new folder: counted once, the newest
+    assert "- digits: projection seed 0 completed 2 times; the tables use " + names["projection"].format(0) in report
+    assert "concat seed 0 completed 2 times" not in report and "seed 1 completed" not in report
 
 
 def test_the_finetune_recipe_without_a_parent_is_refused_before_any_job():

@@ -15,7 +15,7 @@ import pytest
 from cgan_bench.launch import BrokenPool, death_reason, judge, mark_failed
 from cgan_bench.train.run_dir import RunDir
 from cgan_bench.train.run_lock import RunDirLock, is_held
-from conftest import SMOKE
+from conftest import SMOKE, sweep_folders
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def test_a_killed_joblib_worker_fails_its_job_only_and_the_sweep_reports(tmp_pat
     args = ["-m", "train.iterations=400,4,30,5", *SMOKE, "train.checkpoint_every=5",
             "train.log_every=5", "train.sample_every=1000", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
             f"hydra.sweep.dir={sweep}", "sweep_name=survive"]
-    runs = [sweep / f"{i}_digits_projection_s0" for i in range(4)]
+    runs = sweep_folders(*args[1:])
     proc = subprocess.Popen([sys.executable, "-m", "cgan_bench", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO)
     try:

@@ -10,6 +10,7 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from ..io import read_jsonl
+from ..overrides import IDENTITY_OVERRIDES, is_neutral
 from ..metrics.kid_error import with_floor_kid_error
 
 RUN_KEYS = ["run", "dataset", "head", "seed"]
@@ -108,18 +109,6 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
         except (pd.errors.ParserError, pd.errors.EmptyDataError):
             per_class = []
     return row, evals, per_class
-
-
-IDENTITY_OVERRIDES = ("head", "seed", "dataset")
-# Overrides that change where things are written or shown, not what a run computes: never a variant.
-NEUTRAL_OVERRIDES = ("wandb", "report", "report_dir", "sweep_name", "resume", "hydra", "figures", "eval.cache_dir",
-                     "eval.batch_size", "eval.inception_weights", "dataset.root", "dataset.path")
-
-
-def is_neutral(key: str) -> bool:
-    """An override of where a run writes or logs (NEUTRAL_OVERRIDES), not of what it computes."""
-    key = key.lstrip("+~")
-    return any(key == k or key.startswith(k + ".") for k in NEUTRAL_OVERRIDES)
 
 
 def variants(rows: list[dict]) -> dict[str, str]:
