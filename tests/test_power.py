@@ -77,6 +77,10 @@ def test_the_report_shows_each_rows_power_and_the_cost_of_a_seed(tmp_path):
     md = build_report(tmp_path / "sweep", tmp_path / "report", "power test").read_text()
     paired = table(md, "Each head against projection")
     assert {"detectable", "pairs_80"} <= set(paired.columns)
+    header = next(i for i, x in enumerate(md.splitlines()) if x.startswith("|") and "pairs_80" in x)
+    names = [c.strip() for c in md.splitlines()[header].strip("|").split("|")]
+    rule = [c.strip() for c in md.splitlines()[header + 1].strip("|").split("|")]
+    assert rule[names.index("pairs_80")].endswith(":") and rule[names.index("detectable")].endswith(":")  # numbers
     fid = paired[paired["metric"] == "FID"].set_index("head")
     for head in ("concat", "acgan", "none"):
         row = fid.loc[head]

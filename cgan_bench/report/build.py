@@ -12,7 +12,7 @@ from . import finetune, plots, tables
 from .collect import load_sweep
 
 
-NUMBER = re.compile(r"^\**[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?( ± [-+]?\d+\.?\d*)?\**$")
+NUMBER = re.compile(r"^\**(> )?[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?( ± [-+]?\d+\.?\d*)?\**$")  # "> 1000": a bound
 
 
 def _md(frame: pd.DataFrame, index: bool = False) -> str:
