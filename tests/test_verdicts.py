@@ -5,6 +5,7 @@ paired tests, simultaneous intervals, effect sizes, bold only for a real winner,
 import itertools
 import json
 import math
+from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
@@ -384,6 +385,24 @@ def test_repeats_are_ordered_by_job_number_and_runs_without_a_seed_are_not_merge
     assert lines == ["c: concat seed 0 completed 2 times; the tables use 10_digits_concat_s0 (the newest), "
                      "not 9_digits_concat_s0",
                      "c: none seed (none recorded) completed 2 times; the tables use b (the newest), not a"]
+
+
+def test_the_newest_repeat_is_found_across_time_zones_and_old_timestamps_without_one():
+    from cgan_bench.report.tables import one_run_per_seed
+    from cgan_bench.train.run_dir import now_iso
+    when = ("2026-12-01T10:00:00+01:00",  # 09:00 UTC: the oldest, though its text sorts last
+            "2026-12-01T09:30:00+00:00",  # 09:30 UTC
+            now_iso())                    # as status.json writes it now: the newest
+    done = pd.DataFrame([{"column": "c", "head": "concat", "seed": 0, "run": f"r{k}", "updated": u, "fid": 1.0}
+                         for k, u in enumerate(when)])
+    assert datetime.fromisoformat(when[2]).utcoffset() is not None  # written with its offset
+    assert list(one_run_per_seed(done)[0]["run"]) == ["r2"]
+    assert list(one_run_per_seed(done.iloc[:2])[0]["run"]) == ["r1"]
+    # an `updated` from before offsets were written is this machine's local time; an unreadable one the oldest
+    local = (datetime.now() - timedelta(hours=1)).isoformat(timespec="seconds")
+    older = pd.DataFrame([{"column": "c", "head": "concat", "seed": 0, "run": r, "updated": u, "fid": 1.0}
+                          for r, u in (("naive", local), ("bad", "yesterday"), ("utc", when[1]))])
+    assert list(one_run_per_seed(older)[0]["run"]) == ["naive"]
 
 
 @pytest.mark.parametrize("task, params, jobs", [

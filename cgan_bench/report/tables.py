@@ -3,6 +3,7 @@ digits) beside their real ceiling, the real-vs-real noise floor, published value
 projection with a multiple-comparison correction, and run status. Numbers from different protocols never
 share a column; bold marks a best head only when it beats every other head in paired tests (Holm-corrected)."""
 import math
+from datetime import datetime
 
 import numpy as np
 import pandas as pd
@@ -66,16 +67,16 @@ def completed(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def one_run_per_seed(done: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Each (column, head, seed) counted once. A sweep re-run into its own folder with a longer seed list
-    renumbers its jobs, and Hydra names a job's folder by its number, so finished seeds train again in new
-    folders; counted twice, they would pass for more seeds and pair with themselves. Keeps the newest run
-    (status.json's `updated`, then the job number its folder starts with, then the folder name) and returns one
-    line per repeated seed naming the others."""
+    """Each (column, head, seed) counted once. A seed can have completed twice in one sweep folder (sweeps from
+    before job folders were named by their settings numbered them, so a longer seed list trained finished seeds
+    again in new folders; or a run copied in); counted twice, it would pass for more seeds and pair with itself.
+    Keeps the newest run (status.json's `updated`, then the job number a numbered folder starts with, then the
+    folder name) and returns one line per repeated seed naming the others."""
     if done.empty:
         return done, []
     updated = done["updated"] if "updated" in done else pd.Series(index=done.index, dtype=object)
     number = done["run"].astype(str).str.extract(r"^(\d+)_", expand=False).astype(float)
-    order = done.assign(_updated=updated.fillna("").astype(str), _number=number.fillna(-1.0))
+    order = done.assign(_updated=updated.map(_timestamp), _number=number.fillna(-1.0))
     order = order.sort_values(["_updated", "_number", "run"])
     keys = ["column", "head", "seed"]
     kept = order.drop_duplicates(keys, keep="last")
@@ -86,6 +87,15 @@ def one_run_per_seed(done: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
             lines.append(f"{column}: {head} seed {_seed_text(seed)} completed {len(g)} times; the tables use "
                          f"{newest} (the newest), not {others}")
     return done.loc[sorted(kept.index)], lines
+
+
+def _timestamp(updated) -> float:
+    """status.json's `updated` as seconds since the epoch: with its UTC offset, or (written before it had one)
+    read as this machine's local time; missing or unreadable: -inf (oldest)."""
+    try:
+        return datetime.fromisoformat(str(updated)).astimezone().timestamp()
+    except (TypeError, ValueError):
+        return float("-inf")
 
 
 def _seed_text(seed) -> str:

@@ -2,11 +2,17 @@
 import json
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from ..io import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 
 STATES = ("running", "completed", "failed", "diverged", "preempted")
+
+
+def now_iso() -> str:
+    """Local time with its UTC offset (2026-12-07T22:04:16+01:00): comparable across the machines of a cluster."""
+    return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
 def earlier_wall_s(status: dict | None) -> float:
@@ -76,7 +82,7 @@ class RunDir:
             extra["total_wall_s"] = round(total_wall_s, 3)
         atomic_write_json(self.status_file, {
             "state": state, "iteration": iteration, "total_iterations": total, "reason": reason,
-            "wall_s": round(wall_s, 3), "it_per_s": it_per_s, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "wall_s": round(wall_s, 3), "it_per_s": it_per_s, "updated": now_iso(),
             **extra})
 
     # The Hydra files (.hydra/config.yaml, overrides.yaml, hydra.yaml) of the last job this directory accepted.
