@@ -476,8 +476,8 @@ def final_summary(r: dict, run_dir: Path) -> str:
              f"generated, FID on {r['n_real']} real vs {r['n_fake']} generated):",
              f"  FID {r['fid']:.2f} (real vs real {r.get('floor_fid', float('nan')):.2f}) | intra-FID "
              f"{r['intra_fid_mean']:.2f} (real vs real {r.get('floor_intra_fid_mean', float('nan')):.2f}) | "
-             f"{kid_label} {kid_scale * r['kid_mean']:.2f} ± {kid_scale * r.get('kid_se', float('nan')):.2f} (s.e.) | "
-             f"IS {r['is_mean']:.3f}",
+             f"{kid_label} {kid_scale * r['kid_mean']:.2f} ± {kid_scale * r.get('kid_se', float('nan')):.2f} (s.e.; "
+             f"real vs real {kid_scale * r.get('floor_kid_mean', float('nan')):.2f}) | IS {r['is_mean']:.3f}",
              f"  class accuracy {r['class_accuracy']:.3f} | precision {r['precision']:.3f} recall {r['recall']:.3f} | "
              f"density {r.get('density', float('nan')):.3f} coverage {r.get('coverage', float('nan')):.3f} | "
              f"collapsed classes {r['collapsed_classes']}"]

@@ -128,6 +128,10 @@ def test_a_smoke_run_says_what_it_does_and_records_its_total_wall_time(tmp_path)
     assert status["state"] == "completed"
     assert status["wall_s"] <= status["total_wall_s"] <= elapsed
     assert "wandb sync" not in err  # W&B disabled
+    # the summary gives every distance its real-vs-real yardstick (classifier space: KID raw, no x10^3)
+    final = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"final"' in x)
+    assert f"FID {final['fid']:.2f} (real vs real {final['floor_fid']:.2f})" in err
+    assert f"KID {final['kid_mean']:.2f} ± {final['kid_se']:.2f} (s.e.; real vs real {final['floor_kid_mean']:.2f})" in err
 
 
 def test_the_warning_for_a_sweep_recipe_without_multirun():
