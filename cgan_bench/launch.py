@@ -49,9 +49,9 @@ from hydra_plugins.hydra_joblib_launcher import _core as joblib_core
 from hydra_plugins.hydra_joblib_launcher.config import JobLibLauncherConf
 from hydra_plugins.hydra_joblib_launcher.joblib_launcher import JoblibLauncher
 from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
-from .overrides import job_run_dir
+from .overrides import compose_job, job_run_dir
 
 log = logging.getLogger("cgan_bench")
 FINAL_STATES = ("completed", "failed", "diverged")  # a job in one of these has ended: nothing to mark
@@ -294,11 +294,7 @@ class SurvivingJoblibLauncher(JoblibLauncher):
 
     # ---- a job's run directory, composed as Hydra's execute_job does --------------------------------------
     def job_config(self, job: int, overrides: list[str]) -> DictConfig:
-        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
-        with open_dict(cfg):
-            cfg.hydra.job.id = f"{cfg.hydra.job.name}_{job}"
-            cfg.hydra.job.num = job
-        return cfg
+        return compose_job(self.hydra_context.config_loader, self.config, overrides, job)
 
     def wait_for_locks(self, jobs: dict[int, list[str]]) -> None:
         """Wait (at most WAIT_S) until no killed process holds these jobs' run directories any more, so their

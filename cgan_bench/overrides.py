@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 IDENTITY_OVERRIDES = ("head", "seed", "dataset")
 # Overrides that change where things are written or shown, not what a run computes: never a variant, never part
@@ -57,8 +57,9 @@ def job_folder(dataset, head, seed, overrides) -> str:
     """A sweep job's folder name: `<dataset>_<head>_s<seed>` and the job's other result-changing overrides."""
     base = f"{dataset}_{head}_s{seed}"
     base = base if re.fullmatch(r"[A-Za-z0-9._-]+", base) else short_hash(base)
-    extras = sorted(str(o) for o in settings(overrides or [])
-                    if str(o).partition("=")[0].lstrip("+~") not in IDENTITY_OVERRIDES)
+    extras = sorted((str(o) for o in settings(overrides or [])
+                     if str(o).partition("=")[0].lstrip("+~") not in IDENTITY_OVERRIDES),
+                    key=lambda o: (o.partition("=")[0].lstrip("+~"), o))  # `++train.lr` sorts as `train.lr`
     name = "_".join([base] + [folder_part(o) for o in extras])
     return name if len(name) <= LONGEST_NAME else f"{base}_{short_hash(' '.join(extras))}"
 
@@ -69,6 +70,19 @@ def register_resolver() -> None:
 
 
 register_resolver()  # on import: the sweep check, the launchers and every process that runs a job import this
+
+
+def compose_job(loader, master_config: DictConfig, overrides: list[str], num: int) -> DictConfig:
+    """A sweep job's config as Hydra's launchers compose it (the sweep check and launch.py both use this), with
+    hydra.job.id as the configured launcher sets it: joblib `<job name>_<num>`; submitit the Slurm job id, not
+    known before submission (the placeholder it uses until then); Hydra's basic launcher the number."""
+    cfg = loader.load_sweep_config(master_config=master_config, sweep_overrides=list(overrides))
+    launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="")).lower()
+    with open_dict(cfg):
+        cfg.hydra.job.id = f"{cfg.hydra.job.name}_{num}" if "joblib" in launcher else \
+            f"job_id_for_{num}" if ("submitit" in launcher or "slurm" in launcher) else num
+        cfg.hydra.job.num = num
+    return cfg
 
 
 def job_run_dir(cfg: DictConfig) -> Path:

@@ -14,9 +14,8 @@ folder under other names (sweeps from before that naming, when Hydra numbered jo
 hydra.sweep.subdir) would train again in new folders: one warning line (the report counts each seed once).
 """
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-
-import yaml
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.global_hydra import GlobalHydra
@@ -26,8 +25,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .config import ConfigError, validate
 from .train import finetune
-from .overrides import job_run_dir, settings
+from .overrides import compose_job, job_run_dir
 from .report.collect import find_run_dirs, read_status
+from .train.loop import config_differences, resume_relevant
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
@@ -43,28 +43,39 @@ def sweep_jobs(config: DictConfig) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
 
 
-def check_jobs(config: DictConfig, jobs: list[list[str]]) -> tuple[str | None, list[Path]]:
-    """('job N of M (overrides): problem' for the first job whose config fails validation, else None; the run
-    folder of each job checked before it)."""
+@dataclass
+class PlannedJob:
+    """A sweep job as the check composed it: its overrides, the folder it will write, what it computes."""
+    overrides: list[str]
+    folder: Path
+    computes: dict  # the resolved settings a resume compares (loop.resume_relevant) and train.iterations
+
+
+def computes(cfg: DictConfig) -> dict:
+    """What a job's config computes: loop.resume_relevant (where it writes or logs left out) and its budget."""
+    return {**resume_relevant(cfg), "train.iterations": OmegaConf.select(cfg, "train.iterations")}
+
+
+def check_jobs(config: DictConfig, jobs: list[list[str]]) -> tuple[str | None, list[PlannedJob]]:
+    """('job N of M (overrides): problem' for the first job whose config fails validation, else None; each job
+    checked before it, planned)."""
     loader = GlobalHydra.instance().config_loader()
-    folders = []
+    planned = []
     for num, job in enumerate(jobs):
         try:
-            cfg = loader.load_sweep_config(master_config=config, sweep_overrides=list(job))
-            with open_dict(cfg):
-                cfg.hydra.job.num = num
-            folders.append(job_run_dir(cfg))
-            sweep_dir = Path(str(cfg.hydra.sweep.dir))
+            cfg = compose_job(loader, config, job, num)
+            folder, sweep_dir = job_run_dir(cfg), Path(str(cfg.hydra.sweep.dir))
             with open_dict(cfg):
                 del cfg["hydra"]  # the job's own settings, as the job sees them
             validate(cfg)
             if OmegaConf.select(cfg, "finetune.parent") is not None:  # a fine-tune: its parent, as the job reads it
                 finetune.check_parent(cfg, sweep_dir / "job", warn=False)
+            planned.append(PlannedJob(list(job), folder, computes(cfg)))
         except Exception as err:  # a ConfigError; or a deleted key, a broken interpolation the job would stop at
             text = str(err) if isinstance(err, ConfigError) else \
                 f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
-            return f"sweep job {num} of {len(jobs)} ({' '.join(job)}): {text}", folders
-    return None, folders
+            return f"sweep job {num} of {len(jobs)} ({' '.join(job)}): {text}", planned
+    return None, planned
 
 
 def first_invalid_job(config: DictConfig, jobs: list[list[str]] | None = None) -> str | None:
@@ -72,41 +83,48 @@ def first_invalid_job(config: DictConfig, jobs: list[list[str]] | None = None) -
     return check_jobs(config, sweep_jobs(config) if jobs is None else jobs)[0]
 
 
-def shared_folder(jobs: list[list[str]], folders: list[Path]) -> str | None:
-    """One line where two jobs would write to one folder (they differ only in where they write or log, or in a
-    hydra.sweep.subdir that does not tell them apart), else None: the second would resume or skip the first."""
+def shared_folder(planned: list[PlannedJob]) -> str | None:
+    """One line where two jobs would write to one folder, else None: the second would resume or skip the first.
+    They differ only in overrides that folder names leave out (report.collect's neutral ones, e.g. where data is
+    read from or how large an evaluation batch is), or in a hydra.sweep.subdir that does not tell them apart."""
     first: dict[Path, int] = {}
-    for num, folder in enumerate(folders):
-        if folder in first:
-            other = first[folder]
-            return (f"sweep jobs {other} ({' '.join(jobs[other])}) and {num} ({' '.join(jobs[num])}) would write to "
-                    f"one folder, {folder}: sweep a setting that changes results, or name folders apart "
-                    "(hydra.sweep.subdir)")
-        first[folder] = num
+    for num, job in enumerate(planned):
+        if job.folder in first:
+            other = planned[first[job.folder]]
+            keys = sorted({o.partition("=")[0].lstrip("+~") for o in set(other.overrides) ^ set(job.overrides)})
+            return (f"sweep jobs {first[job.folder]} ({' '.join(other.overrides)}) and {num} "
+                    f"({' '.join(job.overrides)}) would write to one folder, {job.folder}: they differ only in "
+                    f"{', '.join(keys) or 'nothing'}, which job folder names leave out; run them as separate "
+                    "sweeps (hydra.sweep.dir) or name folders apart (hydra.sweep.subdir)")
+        first[job.folder] = num
     return None
 
 
-def repeated_jobs(config: DictConfig, jobs: list[list[str]], folders: list[Path]) -> list[tuple[int, str]]:
-    """(job number, folder) of each job whose settings equal those of a run that completed in the sweep folder
-    under another folder name (a sweep from before folders were named by settings, when Hydra numbered them, or
-    with another hydra.sweep.subdir): it would train again. A job's own folder is resumed or skipped."""
-    sweep_dir = Path(str(config.hydra.sweep.dir))
-    if not sweep_dir.is_dir():
-        return []
-    done: dict[frozenset, list[str]] = {}
+def completed_runs(sweep_dir: Path) -> list[tuple[str, dict]]:
+    """(folder name, what it computed) of each run that completed in the sweep folder and whose config reads."""
+    done = []
     for run in find_run_dirs(sweep_dir):
         if read_status(run).get("state") != "completed":
             continue
         try:
-            overrides = yaml.safe_load((run / ".hydra" / "overrides.yaml").read_text()) or []
-        except (OSError, ValueError, yaml.YAMLError):
+            done.append((run.name, computes(OmegaConf.load(run / ".hydra" / "config.yaml"))))
+        except Exception:  # unreadable, or an interpolation that no longer resolves: no claim made
             continue
-        done.setdefault(settings(overrides), []).append(run.name)
+    return done
+
+
+def repeated_jobs(config: DictConfig, planned: list[PlannedJob]) -> list[tuple[int, str]]:
+    """(job number, folder) of each job that computes what a run that completed in the sweep folder under
+    another folder name computed (a sweep from before folders were named by settings, when Hydra numbered them;
+    the same settings spelled by other overrides, e.g. `train=paper` that dataset=cifar10 picks anyway; another
+    hydra.sweep.subdir): it would train again. A job's own folder is resumed or skipped."""
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    done = completed_runs(sweep_dir) if sweep_dir.is_dir() else []
     repeats = []
-    for num, (job, folder) in enumerate(zip(jobs, folders)):
-        names = done.get(settings(job), [])
-        if names and folder.name not in names:
-            repeats.append((num, names[0]))
+    for num, job in enumerate(planned):
+        same = [name for name, settings in done if not config_differences(settings, job.computes)]
+        if same and job.folder.name not in same:
+            repeats.append((num, same[0]))
     return repeats
 
 
@@ -118,19 +136,19 @@ class SweepJobsValid(Callback):
         if OmegaConf.select(config, "hydra.sweeper._target_") != BASIC_SWEEPER:
             return
         jobs = sweep_jobs(config)
-        problem, folders = check_jobs(config, jobs)
+        problem, planned = check_jobs(config, jobs)
         if problem:
             print(f"error: {problem}; nothing was run: fix that value and rerun the sweep", file=sys.stderr)
             sys.exit(2)
-        problem = shared_folder(jobs, folders)
+        problem = shared_folder(planned)
         if problem:
             print(f"error: {problem}; nothing was run", file=sys.stderr)
             sys.exit(2)
-        repeats = repeated_jobs(config, jobs, folders)
+        repeats = repeated_jobs(config, planned)
         if repeats:
             num, folder = repeats[0]
             print(f"warning: {len(repeats)} of {len(jobs)} jobs repeat runs that completed in "
                   f"{config.hydra.sweep.dir} under other folder names (job {num}: {' '.join(jobs[num])} repeats "
-                  f"{folder}; older sweeps named folders by job number), so they train again in new "
-                  "folders; to add seeds to such a sweep, rerun it with only the new seeds "
-                  "(Ctrl-C stops this one; finished jobs are kept)", file=sys.stderr)
+                  f"{folder}; older sweeps named folders by job number, or other overrides gave the same settings), "
+                  "so they train again in new folders; to add seeds to such a sweep, rerun it with only the new "
+                  "seeds (Ctrl-C stops this one; finished jobs are kept)", file=sys.stderr)

@@ -57,4 +57,4 @@ def sweep_folders(*overrides: str) -> list[Path]:
     composes them (a job's folder is named by its settings; long ones end in a hash)."""
     from cgan_bench.sweep_check import check_jobs, sweep_jobs
     with sweep_config(*overrides) as cfg:
-        return check_jobs(cfg, sweep_jobs(cfg))[1]
+        return [job.folder for job in check_jobs(cfg, sweep_jobs(cfg))[1]]

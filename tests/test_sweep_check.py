@@ -8,7 +8,10 @@ import json
 import pytest
 import yaml
 
-from cgan_bench.overrides import job_folder
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf, open_dict
+
+from cgan_bench.overrides import compose_job, job_folder
 from cgan_bench.sweep_check import check_jobs, first_invalid_job, repeated_jobs, shared_folder, sweep_jobs
 from conftest import SMOKE, run_cli, sweep_config
 
@@ -54,14 +57,6 @@ def test_a_job_that_cannot_be_composed_or_read_is_one_line_too():
     assert problem.startswith("sweep job 0 of 2 (") and "\n" not in problem and "lr" in problem
 
 
-def fake_run(sweep_dir, name: str, overrides: list[str], state: str = "completed") -> None:
-    """The files of a finished job folder that the check reads: status.json and .hydra/overrides.yaml."""
-    (sweep_dir / name / ".hydra").mkdir(parents=True)
-    (sweep_dir / name / ".hydra" / "config.yaml").write_text("seed: 0\n")
-    (sweep_dir / name / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
-    (sweep_dir / name / "status.json").write_text(json.dumps({"state": state}))
-
-
 def test_a_job_folder_is_named_by_its_settings_not_its_place_in_the_sweep():
     assert job_folder("digits", "concat", 3, ["head=concat", "seed=3", "+adam=B", "wandb.mode=disabled",
                                               "+sweep=hparams", "hydra/launcher=joblib"]) == "digits_concat_s3_adam-B"
@@ -80,38 +75,65 @@ def test_a_job_folder_is_named_by_its_settings_not_its_place_in_the_sweep():
 
 def test_each_jobs_folder_is_resolved_from_its_own_config_and_a_shared_folder_is_refused(tmp_path):
     with sweep_config("head=projection,concat", "seed=0,1", "+adam=B", f"hydra.sweep.dir={tmp_path}") as cfg:
-        jobs = sweep_jobs(cfg)
-        problem, folders = check_jobs(cfg, jobs)
-    assert problem is None and shared_folder(jobs, folders) is None
-    assert [f.relative_to(tmp_path).as_posix() for f in folders] == [
+        problem, planned = check_jobs(cfg, sweep_jobs(cfg))
+    assert problem is None and shared_folder(planned) is None
+    assert [p.folder.relative_to(tmp_path).as_posix() for p in planned] == [
         "digits_projection_s0_adam-B", "digits_projection_s1_adam-B", "digits_concat_s0_adam-B", "digits_concat_s1_adam-B"]
     with sweep_config("head=projection", "eval.batch_size=64,128", f"hydra.sweep.dir={tmp_path}") as cfg:
-        jobs = sweep_jobs(cfg)
-        problem, folders = check_jobs(cfg, jobs)  # eval.batch_size changes where nothing is computed differently
-    assert problem is None and shared_folder(jobs, folders) == (
+        problem, planned = check_jobs(cfg, sweep_jobs(cfg))  # eval.batch_size changes no result
+    assert problem is None and shared_folder(planned) == (
         "sweep jobs 0 (head=projection eval.batch_size=64) and 1 (head=projection eval.batch_size=128) would write to "
-        f"one folder, {tmp_path}/digits_projection_s0: sweep a setting that changes results, or name folders apart "
-        "(hydra.sweep.subdir)")
+        f"one folder, {tmp_path}/digits_projection_s0: they differ only in eval.batch_size, which job folder names "
+        "leave out; run them as separate sweeps (hydra.sweep.dir) or name folders apart (hydra.sweep.subdir)")
+    # a subdir of Hydra's own keys resolves as the launchers resolve it (job.id and job.num set)
+    with sweep_config("head=projection,concat", f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=${hydra.job.id}") as cfg:
+        problem, planned = check_jobs(cfg, sweep_jobs(cfg))
+    assert problem is None and [p.folder.name for p in planned] == ["0", "1"]  # Hydra's basic launcher: the number
+    with sweep_config("head=projection,concat", f"hydra.sweep.dir={tmp_path}", "hydra.sweep.subdir=${hydra.job.id}",
+                      "hydra/launcher=joblib") as cfg:
+        problem, planned = check_jobs(cfg, sweep_jobs(cfg))
+    assert problem is None and [p.folder.name for p in planned] == [f"{cfg.hydra.job.name}_{n}" for n in (0, 1)]
+
+
+def fake_run(master, sweep_dir, name: str, overrides: list[str], state: str = "completed") -> None:
+    """The files of a finished job folder that the check reads: status.json, and .hydra/ as Hydra writes it
+    for these overrides (config.yaml: the job's config; overrides.yaml)."""
+    cfg = compose_job(GlobalHydra.instance().config_loader(), master, overrides, 0)
+    (sweep_dir / name / ".hydra").mkdir(parents=True)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    OmegaConf.save(cfg, sweep_dir / name / ".hydra" / "config.yaml")
+    (sweep_dir / name / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (sweep_dir / name / "status.json").write_text(json.dumps({"state": state}))
 
 
 def test_jobs_that_repeat_completed_runs_under_other_folder_names_are_found(tmp_path):
     # a sweep from before folders were named by settings (Hydra numbered them: projection s0 = job 0, concat s0 =
     # job 1), then the same folder with seed=0,1: the finished seeds would train again under their new names
-    fake_run(tmp_path, "0_digits_projection_s0", ["head=projection", "seed=0", "train=smoke", "wandb.mode=disabled"])
-    fake_run(tmp_path, "1_digits_concat_s0", ["head=concat", "seed=0", "train=smoke"])
-    fake_run(tmp_path, "1_digits_acgan_s1", ["head=acgan", "seed=1", "train=smoke"], state="failed")
     with sweep_config("head=projection,concat,acgan", "seed=0,1", "train=smoke",
                       f"hydra.sweep.dir={tmp_path}") as cfg:
+        fake_run(cfg, tmp_path, "0_digits_projection_s0", ["head=projection", "seed=0", "train=smoke",
+                                                           "wandb.mode=disabled"])
+        fake_run(cfg, tmp_path, "1_digits_concat_s0", ["head=concat", "seed=0", "train=smoke"])
+        fake_run(cfg, tmp_path, "1_digits_acgan_s1", ["head=acgan", "seed=1", "train=smoke"], state="failed")
         jobs = sweep_jobs(cfg)
         assert jobs[2] == ["head=concat", "seed=0", "train=smoke"]
-        folders = check_jobs(cfg, jobs)[1]
+        planned = check_jobs(cfg, jobs)[1]
         # a failed run is not a repeat
-        assert repeated_jobs(cfg, jobs, folders) == [(0, "0_digits_projection_s0"), (2, "1_digits_concat_s0")]
-        fake_run(tmp_path, "digits_projection_s0_train-smoke", ["head=projection", "seed=0", "train=smoke"])
-        assert repeated_jobs(cfg, jobs, folders) == [(2, "1_digits_concat_s0")]  # it has its own folder now
+        assert repeated_jobs(cfg, planned) == [(0, "0_digits_projection_s0"), (2, "1_digits_concat_s0")]
+        fake_run(cfg, tmp_path, "digits_projection_s0_train-smoke", ["head=projection", "seed=0", "train=smoke"])
+        assert repeated_jobs(cfg, planned) == [(2, "1_digits_concat_s0")]  # it has its own folder now
     with sweep_config("head=projection,concat", "seed=0", "train=quick", f"hydra.sweep.dir={tmp_path}") as cfg:
-        jobs = sweep_jobs(cfg)
-        assert repeated_jobs(cfg, jobs, check_jobs(cfg, jobs)[1]) == []  # other settings: not a repeat
+        assert repeated_jobs(cfg, check_jobs(cfg, sweep_jobs(cfg))[1]) == []  # other settings: not a repeat
+    # the same settings spelled otherwise: train=quick is the default, its folder name says it, the run's does not
+    with sweep_config("head=projection", f"hydra.sweep.dir={tmp_path / 'b'}") as cfg:
+        fake_run(cfg, tmp_path / "b", "digits_projection_s0", ["head=projection"])
+    with sweep_config("head=projection", "train=quick", "train.iterations=1200", f"hydra.sweep.dir={tmp_path / 'b'}") as cfg:
+        planned = check_jobs(cfg, sweep_jobs(cfg))[1]
+        assert planned[0].folder.name == "digits_projection_s0_train-quick_train.iterations-1200"
+        assert repeated_jobs(cfg, planned) == [(0, "digits_projection_s0")]
+    with sweep_config("head=projection", "train.iterations=1300", f"hydra.sweep.dir={tmp_path / 'b'}") as cfg:
+        assert repeated_jobs(cfg, check_jobs(cfg, sweep_jobs(cfg))[1]) == []  # a longer budget: not a repeat
 
 
 @pytest.mark.slow
@@ -125,10 +147,11 @@ def test_a_sweep_rerun_with_more_seeds_skips_its_finished_jobs_and_warns_about_n
     warnings = [line for line in first.stderr.splitlines() if line.startswith("warning:")]
     assert warnings == [f"warning: 1 of 2 jobs repeat runs that completed in {sweep_dir} under other folder names "
                         "(job 0: head=projection seed=0 " + " ".join(SMOKE) + " repeats 0_digits_projection_s0; older "
-                        "sweeps named folders by job number), so they train again in new folders; to add "
+                        "sweeps named folders by job number, or other overrides gave the same settings), so they "
+                        "train again in new folders; to add "
                         "seeds to such a sweep, rerun it with only the new seeds (Ctrl-C stops this one; finished jobs "
                         "are kept)"], first.stderr[-3000:]
-    names = {head: f"digits_{head}_s{{}}_eval.classifier_epochs-2_eval-smoke_train-smoke" for head in ("projection", "concat")}
+    names = {head: f"digits_{head}_s{{}}_eval-smoke_eval.classifier_epochs-2_train-smoke" for head in ("projection", "concat")}
     finished = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("digits_*/checkpoints/last.pt")}
     assert sorted(p.parent.parent.name for p in finished) == sorted(n.format(0) for n in names.values())
     again = run_cli("-m", "head=projection,concat", "seed=0,1", *SMOKE, f"hydra.sweep.dir={sweep_dir}")

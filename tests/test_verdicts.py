@@ -5,6 +5,7 @@ paired tests, simultaneous intervals, effect sizes, bold only for a real winner,
 import itertools
 import json
 import math
+import time
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -387,7 +388,7 @@ def test_repeats_are_ordered_by_job_number_and_runs_without_a_seed_are_not_merge
                      "c: none seed (none recorded) completed 2 times; the tables use b (the newest), not a"]
 
 
-def test_the_newest_repeat_is_found_across_time_zones_and_old_timestamps_without_one():
+def test_the_newest_repeat_is_found_across_time_zones_and_old_timestamps_without_one(monkeypatch):
     from cgan_bench.report.tables import one_run_per_seed
     from cgan_bench.train.run_dir import now_iso
     when = ("2026-12-01T10:00:00+01:00",  # 09:00 UTC: the oldest, though its text sorts last
@@ -403,6 +404,15 @@ def test_the_newest_repeat_is_found_across_time_zones_and_old_timestamps_without
     older = pd.DataFrame([{"column": "c", "head": "concat", "seed": 0, "run": r, "updated": u, "fid": 1.0}
                           for r, u in (("naive", local), ("bad", "yesterday"), ("utc", when[1]))])
     assert list(one_run_per_seed(older)[0]["run"]) == ["naive"]
+    # a stamp at the edge of the calendar (hand-edited) is read or ranked oldest, never a crash of the report
+    edge = pd.DataFrame([{"column": "c", "head": "concat", "seed": 0, "run": r, "updated": u, "fid": 1.0}
+                         for r, u in (("first", "0001-01-01T00:00:00+00:00"), ("last", "9999-12-31T23:59:59+00:00"))])
+    for zone in ("America/New_York", "Asia/Tokyo"):
+        monkeypatch.setenv("TZ", zone)
+        time.tzset()
+        assert len(one_run_per_seed(edge)[0]) == 1
+    monkeypatch.undo()
+    time.tzset()
 
 
 @pytest.mark.parametrize("task, params, jobs", [

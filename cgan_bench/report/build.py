@@ -73,9 +73,9 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
               "only where it beats every other head in a paired t-test over seeds (p < 0.05 against each, "
               "Holm-corrected over those comparisons): no bold on ties.", ""]
     if repeated:
-        lines += ["**Warning: seeds that completed more than once** (a sweep re-run into this folder with a longer "
-                  "seed list renumbers its jobs, and Hydra gives them new folders; to add seeds, re-run it with "
-                  "only the new ones). Each counts once:", ""] + [f"- {r}" for r in repeated] + [""]
+        lines += ["**Warning: seeds that completed more than once** (in a sweep from before job folders were named "
+                  "by their settings, a re-run with a longer seed list renumbered its jobs and Hydra gave them new "
+                  "folders; to add seeds to such a sweep, re-run it with only the new ones). Each counts once:", ""] + [f"- {r}" for r in repeated] + [""]
 
     lines += ["## Protocol", "", _md(tables.protocol_card(done, runs)) if not done.empty else "_(no completed run)_\n"]
     warnings = tables.sample_count_warnings(done) if not done.empty else []

@@ -94,7 +94,7 @@ def _timestamp(updated) -> float:
     read as this machine's local time; missing or unreadable: -inf (oldest)."""
     try:
         return datetime.fromisoformat(str(updated)).astimezone().timestamp()
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, OSError):  # OverflowError/OSError: year 1 or 9999 near the edge
         return float("-inf")
 
 
