@@ -325,8 +325,9 @@ def _run_job_locked(cfg: DictConfig, run: RunDir, group: str, job_num: int, hydr
         validate(cfg)  # before anything reads the directory: `resume=no` must not skip or resume
         parent = finetune.begin(cfg, run)  # a fine-tune: its parent checked, train.iterations set
         done = completed_run(cfg, run, previous)
-        if done is not None:
-            run.keep_accepted(hydra_files)  # the same run: the rerun's Hydra files may stay
+        if done is not None:  # skipped: the directory keeps the Hydra files of the job that made its results
+            if not run.accepted():  # (a directory from before the copies: the rerun's are the closest there are)
+                run.keep_accepted(hydra_files)
             log.info("%s is already completed; skipping (delete it or set resume=false to train again)", run_dir)
             return done
         run.start_clock(earlier_wall_s(previous) if cfg.resume else 0.0)  # status.json's total_wall_s from here
