@@ -247,14 +247,18 @@ def _best_plan(trainer: Trainer, final: dict) -> dict | None:
 
 def restore_files(run_dir: Path, files_: dict[str, str]) -> None:
     """Rewrite each file under run_dir whose text differs (best effort: never masks the job's own outcome)."""
+    restored = []
     for name, text in files_.items():
         path = run_dir / name
         try:
             if not path.exists() or path.read_text() != text:
                 atomic_write_text(path, text)
-                log.info("restored %s (overwritten by a job refused for this run directory)", path)
+                restored.append(name)
         except OSError as err:
             log.warning("could not restore %s: %s", path, err)
+    if restored:
+        log.info("restored %s in %s as the job that made its results wrote them (Hydra rewrote them for this job, "
+                 "which was refused or skipped)", ", ".join(restored), run_dir)
 
 
 def _run_job_worker(cfg: DictConfig, job_num: int) -> None:

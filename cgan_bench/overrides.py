@@ -11,6 +11,7 @@ Names use only characters that are safe in paths and in Hydra overrides (`finetu
 letters, digits, `.`, `_`, `-`; a value with others (a path) or a long one becomes an 8-hex hash of it.
 """
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -24,7 +25,8 @@ NEUTRAL_OVERRIDES = ("wandb", "report", "report_dir", "sweep_name", "sweep", "re
                      "eval.cache_dir", "eval.batch_size", "eval.inception_weights", "dataset.root", "dataset.path")
 
 SAFE = re.compile(r"[A-Za-z0-9._-]{1,32}")
-LONGEST_NAME = 120  # characters; a longer name keeps its first part and hashes the rest (file systems allow 255)
+LONGEST_NAME = 200  # characters; a longer name keeps its first part and hashes the rest (file systems allow 255)
+PATH_OVERRIDES = ("finetune.parent",)  # values that are paths: `runs/x` and `/abs/runs/x` are one parent
 
 
 def is_neutral(key: str) -> bool:
@@ -42,11 +44,20 @@ def short_hash(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
+def same_path(value: str) -> str:
+    """A path as one spelling: absolute, links and `..` resolved (against this process's working directory,
+    which is the job's: hydra.job.chdir is false)."""
+    return os.path.realpath(value) if value not in ("", "null", "None") else value
+
+
 def folder_part(override: str) -> str:
-    """`+adam=B` -> `adam-B`; `~train.lr` -> `no-train.lr`; a value or key that is unsafe or long -> its hash."""
+    """`+adam=B` -> `adam-B`; `~train.lr` -> `no-train.lr`; a value or key that is unsafe or long -> its hash;
+    a path (finetune.parent) hashed in one spelling."""
     key, has_value, value = override.partition("=")
     deleted = key.startswith("~")
     key = key.lstrip("+~")
+    if key in PATH_OVERRIDES:
+        value = same_path(value)
     key = key if SAFE.fullmatch(key) else short_hash(key)
     if deleted:
         return f"no-{key}" + (f"-{value if SAFE.fullmatch(value) else short_hash(value)}" if has_value else "")

@@ -13,6 +13,7 @@ finished jobs. Two jobs that would share a folder are refused (one line). Runs t
 folder under other names (sweeps from before that naming, when Hydra numbered job folders, or another
 hydra.sweep.subdir) would train again in new folders: one warning line (the report counts each seed once).
 """
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,8 @@ class PlannedJob:
 
 
 def computes(cfg: DictConfig) -> dict:
-    """What a job's config computes: loop.resume_relevant (where it writes or logs left out) and its budget."""
+    """What a job's config computes: loop.resume_relevant (where it writes or logs left out) and its budget
+    (compared by loop.config_differences, which reads paths in one spelling)."""
     return {**resume_relevant(cfg), "train.iterations": OmegaConf.select(cfg, "train.iterations")}
 
 
@@ -147,8 +149,11 @@ class SweepJobsValid(Callback):
         repeats = repeated_jobs(config, planned)
         if repeats:
             num, folder = repeats[0]
+            why, fix = ("older sweeps named folders by job number", "to add seeds to such a sweep, rerun it with "
+                        "only the new seeds") if re.match(r"\d+_", folder) else \
+                ("the same settings, spelled by other overrides (one equal to its default?)",
+                 "drop the overrides that repeat the defaults to reuse those runs")
             print(f"warning: {len(repeats)} of {len(jobs)} jobs repeat runs that completed in "
                   f"{config.hydra.sweep.dir} under other folder names (job {num}: {' '.join(jobs[num])} repeats "
-                  f"{folder}; older sweeps named folders by job number, or other overrides gave the same settings), "
-                  "so they train again in new folders; to add seeds to such a sweep, rerun it with only the new "
-                  "seeds (Ctrl-C stops this one; finished jobs are kept)", file=sys.stderr)
+                  f"{folder}: {why}), so they train again in new folders; {fix} "
+                  "(Ctrl-C stops this one; finished jobs are kept)", file=sys.stderr)

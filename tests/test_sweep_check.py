@@ -4,6 +4,7 @@ named by its settings, so a sweep re-run with more seeds skips its finished jobs
 folder are refused; jobs that would train again what completed under another folder name are one warning line."""
 import hashlib
 import json
+import os
 
 import pytest
 import yaml
@@ -12,7 +13,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
 from cgan_bench.overrides import compose_job, job_folder
-from cgan_bench.sweep_check import check_jobs, first_invalid_job, repeated_jobs, shared_folder, sweep_jobs
+from cgan_bench.sweep_check import SweepJobsValid, check_jobs, first_invalid_job, repeated_jobs, shared_folder, sweep_jobs
 from conftest import SMOKE, run_cli, sweep_config
 
 
@@ -66,8 +67,10 @@ def test_a_job_folder_is_named_by_its_settings_not_its_place_in_the_sweep():
         job_folder("digits", "projection", 0, ["eval=smoke", "train=smoke"]) == "digits_projection_s0_eval-smoke_train-smoke"
     # a path (unsafe in a name and in an override value) or a long value is its hash; a deleted key says so
     parent = "multirun/2026-12-01/digits_projection_s0"
+    absolute = os.path.join(os.getcwd(), parent)  # the parent's path in one spelling: relative or absolute alike
     assert job_folder("digits", "projection", 0, [f"finetune.parent={parent}", "finetune.weight=0.1", "~train.lr"]) == \
-        f"digits_projection_s0_finetune.parent-{hashlib.sha1(parent.encode()).hexdigest()[:8]}_finetune.weight-0.1_no-train.lr"
+        job_folder("digits", "projection", 0, [f"finetune.parent={absolute}/", "finetune.weight=0.1", "~train.lr"]) == \
+        f"digits_projection_s0_finetune.parent-{hashlib.sha1(absolute.encode()).hexdigest()[:8]}_finetune.weight-0.1_no-train.lr"
     many = [f"train.key_number_{i}=value{i}" for i in range(8)]
     name = job_folder("digits", "projection", 0, many)
     assert name == "digits_projection_s0_" + hashlib.sha1(" ".join(sorted(many)).encode()).hexdigest()[:8]
@@ -107,7 +110,7 @@ def fake_run(master, sweep_dir, name: str, overrides: list[str], state: str = "c
     (sweep_dir / name / "status.json").write_text(json.dumps({"state": state}))
 
 
-def test_jobs_that_repeat_completed_runs_under_other_folder_names_are_found(tmp_path):
+def test_jobs_that_repeat_completed_runs_under_other_folder_names_are_found(tmp_path, capsys):
     # a sweep from before folders were named by settings (Hydra numbered them: projection s0 = job 0, concat s0 =
     # job 1), then the same folder with seed=0,1: the finished seeds would train again under their new names
     with sweep_config("head=projection,concat,acgan", "seed=0,1", "train=smoke",
@@ -132,6 +135,12 @@ def test_jobs_that_repeat_completed_runs_under_other_folder_names_are_found(tmp_
         planned = check_jobs(cfg, sweep_jobs(cfg))[1]
         assert planned[0].folder.name == "digits_projection_s0_train-quick_train.iterations-1200"
         assert repeated_jobs(cfg, planned) == [(0, "digits_projection_s0")]
+        SweepJobsValid().on_multirun_start(cfg)  # what the sweep prints before its first job
+    assert capsys.readouterr().err == (
+        f"warning: 1 of 1 jobs repeat runs that completed in {tmp_path / 'b'} under other folder names (job 0: "
+        "head=projection train=quick train.iterations=1200 repeats digits_projection_s0: the same settings, spelled "
+        "by other overrides (one equal to its default?)), so they train again in new folders; drop the overrides "
+        "that repeat the defaults to reuse those runs (Ctrl-C stops this one; finished jobs are kept)\n")
     with sweep_config("head=projection", "train.iterations=1300", f"hydra.sweep.dir={tmp_path / 'b'}") as cfg:
         assert repeated_jobs(cfg, check_jobs(cfg, sweep_jobs(cfg))[1]) == []  # a longer budget: not a repeat
 
@@ -146,11 +155,12 @@ def test_a_sweep_rerun_with_more_seeds_skips_its_finished_jobs_and_warns_about_n
     assert first.returncode == 0, first.stderr[-2000:]
     warnings = [line for line in first.stderr.splitlines() if line.startswith("warning:")]
     assert warnings == [f"warning: 1 of 2 jobs repeat runs that completed in {sweep_dir} under other folder names "
-                        "(job 0: head=projection seed=0 " + " ".join(SMOKE) + " repeats 0_digits_projection_s0; older "
-                        "sweeps named folders by job number, or other overrides gave the same settings), so they "
-                        "train again in new folders; to add "
-                        "seeds to such a sweep, rerun it with only the new seeds (Ctrl-C stops this one; finished jobs "
-                        "are kept)"], first.stderr[-3000:]
+                        "(job 0: head=projection seed=0 " + " ".join(SMOKE) + " repeats 0_digits_projection_s0: older "
+                        "sweeps named folders by job number), so they train again in new folders; to add seeds to "
+                        "such a sweep, rerun it with only the new seeds (Ctrl-C stops this one; finished jobs are "
+                        "kept)"], first.stderr[-3000:]
+    assert f"to add seeds or heads to this sweep, rerun it with hydra.sweep.dir={sweep_dir} (finished jobs are " \
+        "skipped)" in first.stdout + first.stderr
     names = {head: f"digits_{head}_s{{}}_eval-smoke_eval.classifier_epochs-2_train-smoke" for head in ("projection", "concat")}
     finished = {p: p.stat().st_mtime_ns for p in sweep_dir.glob("digits_*/checkpoints/last.pt")}
     assert sorted(p.parent.parent.name for p in finished) == sorted(n.format(0) for n in names.values())

@@ -76,6 +76,9 @@ class ReportOnMultirunEnd(Callback):
             print(f"error: {len(bad)} of {len(runs)} jobs did not complete; {where}", file=sys.stderr)
         if len(bad) or report is None:
             sys.exit(1)
+        # a plain rerun starts a new timestamped folder and trains everything again
+        log.info("to add seeds or heads to this sweep, rerun it with hydra.sweep.dir=%s (finished jobs are skipped)",
+                 sweep_dir)
 
     @staticmethod
     def report(config: DictConfig, sweep_dir: Path, name: str) -> Path:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from ..data import ImageData
 from ..heads import build_head, head_params
+from ..overrides import PATH_OVERRIDES, same_path
 from ..models import Discriminator, Generator, trunk_layout
 from . import distributed
 from .checkpoint import is_better, load_best, load_checkpoint, rng_state, save_best, save_checkpoint, set_rng_state
@@ -80,9 +81,15 @@ ADDED_KEYS = {"train.compile_mode": "default", "dataset.channels_apart": False, 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
     saved = {**{k: v for k, v in ADDED_KEYS.items() if k in current}, **saved}
+    saved, current = one_path_spelling(saved), one_path_spelling(current)
     keys = sorted(set(saved) | set(current))
     return [f"{k}: {saved.get(k, '<unset>')!r} -> {current.get(k, '<unset>')!r}" for k in keys
             if saved.get(k, "<unset>") != current.get(k, "<unset>")]
+
+
+def one_path_spelling(flat: dict) -> dict:
+    """finetune.parent=runs/x and =/abs/runs/x (from the same working directory) are one parent."""
+    return {k: same_path(v) if k in PATH_OVERRIDES and isinstance(v, str) else v for k, v in flat.items()}
 
 
 def refuse_other_config(state: dict, cfg, what: str, fix: str) -> None:
