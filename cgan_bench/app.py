@@ -333,7 +333,7 @@ def _run_job_locked(cfg: DictConfig, run: RunDir, group: str, job_num: int, hydr
             if not run.accepted():  # (a directory from before the copies: the rerun's are the closest there are)
                 run.keep_accepted(hydra_files)
             log.info("%s is already completed; skipping (delete it or set resume=false to train again)", run_dir)
-            return done
+            return {**done, "stored": True}  # the summary says these numbers were read, not computed now
         run.start_clock(earlier_wall_s(previous) if cfg.resume else 0.0)  # status.json's total_wall_s from here
         distributed.check_config(cfg)
         device = distributed.rank_device(resolve_device(str(cfg.device), job_num))
@@ -477,7 +477,8 @@ def wandb_sync_command(run_dir: Path, mode: str) -> str | None:
 def final_summary(r: dict, run_dir: Path) -> str:
     """The final evaluation in a few lines (stderr, beside the progress bar), each number with its yardstick."""
     kid_scale, kid_label = kid_unit(r["feature_space"])
-    lines = [f"final evaluation at iteration {r['iteration']} ({r['feature_space']} space, {r['n_generated']} "
+    lines = [f"{'stored (completed earlier) ' if r.get('stored') else ''}final evaluation at iteration "
+             f"{r['iteration']} ({r['feature_space']} space, {r['n_generated']} "
              f"generated, FID on {r['n_real']} real vs {r['n_fake']} generated):",
              f"  FID {r['fid']:.2f} (real vs real {r.get('floor_fid', float('nan')):.2f}) | intra-FID "
              f"{r['intra_fid_mean']:.2f} (real vs real {r.get('floor_intra_fid_mean', float('nan')):.2f}) | "

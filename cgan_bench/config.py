@@ -313,7 +313,9 @@ def check_group_overrides(argv: list[str], conf_dir) -> None:
         for choice in value.split(","):
             if choice not in options:
                 what = "registered heads are" if key == "head" else "choose one of"
-                raise ConfigError(f"{key}={choice} is not allowed: {what} {', '.join(options)}")
+                close = difflib.get_close_matches(choice, options, n=1, cutoff=0.6)
+                hint = f" (did you mean {key}={close[0]}?)" if close else ""
+                raise ConfigError(f"{key}={choice} is not allowed: {what} {', '.join(options)}{hint}")
 
 
 # Keys outside the config files: `hydra` (Hydra checks its own schema; `+sweep=NAME` sets hydra.sweeper.*).

@@ -62,6 +62,19 @@ def test_unknown_head_fails_before_any_work_naming_the_heads(tmp_path):
     assert not (tmp_path / "b" / "checkpoints").exists()
 
 
+def test_a_misspelt_group_option_gets_the_closest_one_suggested():
+    from cgan_bench.cli_help import CONF_DIR
+    from cgan_bench.config import ConfigError, check_group_overrides
+    for arg, suggestion in (("head=projection,projecton", "(did you mean head=projection?)"),
+                            ("train=quik", "(did you mean train=quick?)"), ("+adam=paperr", "(did you mean adam=paper?)")):
+        with pytest.raises(ConfigError) as err:
+            check_group_overrides([arg], CONF_DIR)
+        assert str(err.value).endswith(suggestion), str(err.value)
+    with pytest.raises(ConfigError) as err:
+        check_group_overrides(["head=zzz"], CONF_DIR)
+    assert "did you mean" not in str(err.value)  # nothing close: the list of options only
+
+
 @pytest.mark.slow
 def test_resume_continues_at_the_saved_iteration(tmp_path):
     run_dir = tmp_path / "run"

@@ -241,6 +241,7 @@ def test_rerun_multirun_skips_completed_jobs(tmp_path):
     r = run_cli(*args)
     assert r.returncode == 0
     assert (r.stdout + r.stderr).count("already completed") == 2
+    assert r.stderr.count("stored (completed earlier) final evaluation at iteration 2") == 2  # read, not redone
     assert {p: p.stat().st_mtime_ns for p in before} == before  # nothing retrained
 
 

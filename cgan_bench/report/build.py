@@ -65,7 +65,8 @@ def build_report(sweep_dir: Path, out_dir: Path, title: str | None = None, link:
     n_runs, n_done = len(runs), n_completed
     expected = frames.expected_jobs
     if expected and n_runs > expected:  # a sweep re-run into this folder (e.g. with more seeds) rewrote multirun.yaml
-        expected_text = f" (the sweep last started in this folder has {expected} jobs; earlier sweeps left the rest)"
+        expected_text = (f" (the sweep last started in this folder has {expected} job{'s' if expected != 1 else ''}; "
+                         "earlier sweeps left the rest)")
     else:
         expected_text = f" ({expected} expected by the sweep)" if expected else ""
     lines += [f"Runs: {n_done} completed of {n_runs} found" + expected_text
