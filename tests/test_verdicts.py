@@ -388,6 +388,18 @@ def test_repeats_are_ordered_by_job_number_and_runs_without_a_seed_are_not_merge
                      "c: none seed (none recorded) completed 2 times; the tables use b (the newest), not a"]
 
 
+def test_the_seeds_column_is_per_data_column_where_a_variant_has_fewer_seeds():
+    rows = [{"column": column, "head": head, "seed": seed, "fid": 10.0 + seed + (head == "concat")}
+            for column, seeds in (("digits", (0, 1, 2)), ("digits train.lr=0.001", (0,)))
+            for head in ("projection", "concat") for seed in seeds]
+    both = metric_table(pd.DataFrame(rows), ["fid"])
+    assert list(both.columns) == [("digits", "seeds"), ("digits", "FID"),
+                                  ("digits train.lr=0.001", "seeds"), ("digits train.lr=0.001", "FID")]
+    assert both.loc["concat", ("digits", "seeds")] == 3 and both.loc["concat", ("digits train.lr=0.001", "seeds")] == 1
+    one = metric_table(pd.DataFrame([r for r in rows if r["column"] == "digits"]), ["fid"])
+    assert list(one.columns) == [("", "seeds"), ("digits", "FID")] and one.loc["projection", ("", "seeds")] == 3
+
+
 def test_the_newest_repeat_is_found_across_time_zones_and_old_timestamps_without_one(monkeypatch):
     from cgan_bench.report.tables import one_run_per_seed
     from cgan_bench.train.run_dir import now_iso

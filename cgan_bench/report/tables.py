@@ -214,8 +214,14 @@ def metric_table(done: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     out = out.reindex(sorted(out.index, key=lambda h: (HEAD_ORDER.index(h) if h in HEAD_ORDER else 99, h)))
     columns = [(c, unit(m, spaces.get(c))[1]) for c in sorted(done["column"].unique()) for m in metrics]
     out = out.reindex(columns=[c for c in columns if c in out.columns])
-    seeds = done.groupby("head")["seed"].nunique()
-    out.insert(0, ("", "seeds"), [int(seeds.get(h, 0)) for h in out.index])
+    seeds = done.groupby(["column", "head"])["seed"].nunique()
+    if all(g.nunique() == 1 for _, g in seeds.groupby(level="head")):  # each head has as many seeds in every column
+        per_head = seeds.groupby(level="head").first()
+        out.insert(0, ("", "seeds"), [int(per_head.get(h, 0)) for h in out.index])
+    else:  # e.g. a variant column (train.lr=0.001) with fewer seeds: one seeds column per data column
+        for column in reversed(list(dict.fromkeys(c for c, _ in out.columns))):
+            at = next(i for i, (c, _) in enumerate(out.columns) if c == column)
+            out.insert(at, (column, "seeds"), [int(seeds.get((column, h), 0)) for h in out.index])
     out.index.name = "head"
     return out
 
