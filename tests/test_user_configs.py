@@ -60,13 +60,15 @@ def refusal(*argv: str) -> str:
 
 
 def test_the_pre_hydra_checks_see_config_dir_and_searchpath(myconf, monkeypatch):
-    assert refusal("dataset=mydigits") == f"dataset=mydigits is not allowed: choose one of {datasets()}"
+    assert refusal("dataset=mydigits") == \
+        f"dataset=mydigits is not allowed: choose one of {datasets()} (did you mean dataset=digits?)"
     for way in (["--config-dir", str(myconf)], [f"--config-dir={myconf}"], ["-cd", str(myconf)],
                 [f"hydra.searchpath=[file://{myconf}]"], [f"hydra.searchpath=[{myconf}]"]):
         check(*way, "dataset=mydigits")
         check(*way, "dataset=mykeys", "dataset.my_key=4", "+experiment=fast")
         message = refusal(*way, "dataset=mydigitz")
-        assert message == f"dataset=mydigitz is not allowed: choose one of {datasets('mydigits', 'mykeys')}"
+        assert message == f"dataset=mydigitz is not allowed: choose one of {datasets('mydigits', 'mykeys')} " \
+            "(did you mean dataset=mydigits?)"
         assert refusal(*way, "+experiment=slow") == "experiment=slow is not allowed: choose one of fast"
         assert "did you mean dataset.my_key?" in refusal(*way, "+dataset.my_kee=1")
     monkeypatch.chdir(myconf.parent)  # relative paths are read from the working directory, as Hydra does
