@@ -321,6 +321,13 @@ def test_report_command_refuses_a_folder_without_run_directories(tmp_path):
     (failed / "0_digits_projection_s0" / "metrics.jsonl").write_text("")
     assert main([str(failed)]) == 0
     assert "Runs: 0 completed of 1 found" in (failed / "report" / "report.md").read_text()
+    # one run's own folder: refused (its report would land inside the run), the folder that holds it named
+    run = failed / "0_digits_projection_s0"
+    r = subprocess.run([sys.executable, "-m", "cgan_bench.report", str(run)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and r.stderr == (f"error: {run} is one run's directory, not a sweep; pass the folder "
+                                              f"that holds the runs ({failed.resolve()}); nothing written\n")
+    assert not (run / "report").exists() and not (run / "report.md").exists()
 
 
 def test_the_protocol_names_training_threads_on_a_cpu_where_recorded():

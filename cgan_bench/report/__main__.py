@@ -23,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.sweep_dir} is not a directory; pass the sweep folder (e.g. multirun/2026-...)",
               file=sys.stderr)
         return 2
+    if (args.sweep_dir / ".hydra" / "config.yaml").is_file():  # its report would land inside the run's folder
+        print(f"error: {args.sweep_dir} is one run's directory, not a sweep; pass the folder that holds the runs "
+              f"({args.sweep_dir.resolve().parent}); nothing written", file=sys.stderr)
+        return 2
     if not find_run_dirs(args.sweep_dir):  # a report of no runs ("Runs: 0 completed of 0 found") helps nobody
         print(f"error: {args.sweep_dir} holds no run directories (no folder in it has .hydra/config.yaml); pass a "
               "sweep directory such as multirun/2026-... or a folder of run directories; nothing written",
