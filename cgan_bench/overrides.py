@@ -50,6 +50,11 @@ def same_path(value: str) -> str:
     return os.path.realpath(value) if value not in ("", "null", "None") else value
 
 
+def readable(text: str) -> str:
+    """The text itself where it is safe in a folder name and short, else its hash."""
+    return text if SAFE.fullmatch(text) else short_hash(text)
+
+
 def folder_part(override: str) -> str:
     """`+adam=B` -> `adam-B`; `~train.lr` -> `no-train.lr`; a value or key that is unsafe or long -> its hash;
     a path (finetune.parent) hashed in one spelling."""
@@ -58,10 +63,9 @@ def folder_part(override: str) -> str:
     key = key.lstrip("+~")
     if key in PATH_OVERRIDES:
         value = same_path(value)
-    key = key if SAFE.fullmatch(key) else short_hash(key)
     if deleted:
-        return f"no-{key}" + (f"-{value if SAFE.fullmatch(value) else short_hash(value)}" if has_value else "")
-    return f"{key}-{value if SAFE.fullmatch(value) else short_hash(value)}"
+        return f"no-{readable(key)}" + (f"-{readable(value)}" if has_value else "")
+    return f"{readable(key)}-{readable(value)}"
 
 
 def job_folder(dataset, head, seed, overrides) -> str:

@@ -52,7 +52,7 @@ class PlannedJob:
     computes: dict  # the resolved settings a resume compares (loop.resume_relevant) and train.iterations
 
 
-def computes(cfg: DictConfig) -> dict:
+def computed_settings(cfg: DictConfig) -> dict:
     """What a job's config computes: loop.resume_relevant (where it writes or logs left out) and its budget
     (compared by loop.config_differences, which reads paths in one spelling)."""
     return {**resume_relevant(cfg), "train.iterations": OmegaConf.select(cfg, "train.iterations")}
@@ -72,7 +72,7 @@ def check_jobs(config: DictConfig, jobs: list[list[str]]) -> tuple[str | None, l
             validate(cfg)
             if OmegaConf.select(cfg, "finetune.parent") is not None:  # a fine-tune: its parent, as the job reads it
                 finetune.check_parent(cfg, sweep_dir / "job", warn=False)
-            planned.append(PlannedJob(list(job), folder, computes(cfg)))
+            planned.append(PlannedJob(list(job), folder, computed_settings(cfg)))
         except Exception as err:  # a ConfigError; or a deleted key, a broken interpolation the job would stop at
             text = str(err) if isinstance(err, ConfigError) else \
                 f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
@@ -109,7 +109,7 @@ def completed_runs(sweep_dir: Path) -> list[tuple[str, dict]]:
         if read_status(run).get("state") != "completed":
             continue
         try:
-            done.append((run.name, computes(OmegaConf.load(run / ".hydra" / "config.yaml"))))
+            done.append((run.name, computed_settings(OmegaConf.load(run / ".hydra" / "config.yaml"))))
         except Exception:  # unreadable, or an interpolation that no longer resolves: no claim made
             continue
     return done
