@@ -290,6 +290,26 @@ def test_swept_settings_other_than_head_and_seed_are_kept_apart():
     assert variants(merged) == {"0": "", "1": "", "2": "train.lr=0.1"}
 
 
+@pytest.mark.slow
+def test_an_override_equal_to_the_default_is_no_variant(tmp_path):
+    """Three real sweeps into one folder: no lr override, `train.lr=2e-4` (train=smoke's own value) and
+    `train.lr=1e-4`. Runs are told apart by the lr they trained with, read from their configs, not by whether
+    the command line named it: two variants, the default run labelled as the run that named its value."""
+    from cgan_bench.report.collect import load_sweep
+    sweep_dir = tmp_path / "grown"
+    for seed, extra in ((0, []), (1, ["train.lr=2e-4"]), (2, ["train.lr=1e-4"])):
+        r = run_cli("-m", f"seed={seed}", *extra, *SMOKE, "train.iterations=1", f"hydra.sweep.dir={sweep_dir}")
+        assert r.returncode == 0, r.stderr[-2000:]
+    runs = load_sweep(sweep_dir).runs.set_index("seed")
+    assert list(runs.loc[[0, 1, 2], "lr"]) == [2e-4, 2e-4, 1e-4]  # what each trained with, from config.yaml
+    # Hydra writes a swept float as it parsed it (`train.lr=0.0002` in overrides.yaml): that spelling labels both
+    assert list(runs.loc[[0, 1, 2], "variant"]) == ["train.lr=0.0002", "train.lr=0.0002", "train.lr=0.0001"]
+    md = (sweep_dir / "report" / "report.md").read_text()
+    table = markdown_table(md, "Main table").set_index("head")
+    assert {c.rsplit(" ", 1)[0] for c in table.columns} == {"digits train.lr=0.0001", "digits train.lr=0.0002"}
+    assert table.loc["projection", "digits train.lr=0.0002 seeds"] == "2"  # the default run and the named one
+
+
 def test_protocol_names_the_training_precision(sweep):
     """bf16 changes numbers, so the protocol says which precision trained the runs (read from their configs)."""
     _, report_dir, _ = sweep

@@ -111,15 +111,57 @@ def read_run(run_dir: Path) -> tuple[dict, list[dict], list[dict]]:
     return row, evals, per_class
 
 
-def variants(rows: list[dict]) -> dict[str, str]:
-    """run -> the overrides that differ between runs other than head/seed/dataset (e.g. `+adam=B`), so that
+def settings_of(run_dir: Path) -> dict:
+    """What a run was configured with, by the keys an override names: its config (.hydra/config.yaml,
+    flattened, `train.lr`) and its config-group choices (.hydra/hydra.yaml, `train`, `adam`)."""
+    flat = _flatten(_read_yaml(run_dir / ".hydra" / "config.yaml"))
+    choices = ((_read_yaml(run_dir / ".hydra" / "hydra.yaml").get("hydra") or {}).get("runtime") or {}).get("choices")
+    return {**flat, **{k: v for k, v in (choices or {}).items() if not str(k).startswith("hydra/")}}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def variants(rows: list[dict], settings: dict[str, dict] | None = None) -> dict[str, str]:
+    """run -> the settings that differ between runs other than head/seed/dataset (e.g. `+adam=B`), so that
     runs with different settings are never averaged as if they were seeds (where a run writes its report or logs,
-    NEUTRAL_OVERRIDES, is no setting)."""
+    NEUTRAL_OVERRIDES, is no setting).
+
+    A key an override names is compared by the value the run had (`settings`: settings_of each run, where
+    known), not by the override's text: `train.lr=2e-4` equal to the default is no variant of runs that did not
+    give it, and where the value does vary, runs without the override are labelled with theirs too. A label
+    keeps an override's spelling where one run gave that value on its command line."""
     parsed = {r["run"]: dict(o.partition("=")[::2] for o in r.get("overrides", "").split() if "=" in o)
               for r in rows}
+    settings = settings or {}
     keys = {k for p in parsed.values() for k in p if k.lstrip("+~") not in IDENTITY_OVERRIDES and not is_neutral(k)}
-    varying = sorted(k for k in keys if len({p.get(k) for p in parsed.values()}) > 1)
-    return {run: " ".join(f"{k}={p[k]}" for k in varying if k in p) for run, p in parsed.items()}
+    labels = {run: [] for run in parsed}
+    for name in sorted({k.lstrip("+~") for k in keys}):
+        spellings = [k for k in keys if k.lstrip("+~") == name]
+
+        def value(run):  # (what the run had, the override that said so or None)
+            given = next((f"{k}={parsed[run][k]}" for k in spellings if k in parsed[run]), None)
+            known = settings.get(run) or {}
+            if name in known and not (given or "").startswith("~"):
+                return repr(known[name]), given
+            return (given.partition("=")[2] if given else None), given  # no config to read: the text
+
+        values = {run: value(run) for run in parsed}
+        if len({v for v, _ in values.values()}) < 2:
+            continue
+        spelled = {}  # a value -> the first override that gave it
+        for run in sorted(values):
+            v, given = values[run]
+            if given is not None:
+                spelled.setdefault(v, given)
+        for run, (v, given) in values.items():
+            if given is not None or name in (settings.get(run) or {}):
+                labels[run].append(spelled.get(v) or f"{name}={settings[run][name]}")
+    return {run: " ".join(parts) for run, parts in labels.items()}
 
 
 def load_sweep(sweep_dir: Path) -> SweepFrames:
@@ -129,7 +171,7 @@ def load_sweep(sweep_dir: Path) -> SweepFrames:
         rows.append(row)
         curves.extend(evals)
         per_class.extend(pc)
-    variant = variants(rows)
+    variant = variants(rows, {r["run"]: settings_of(Path(r["path"])) for r in rows})
     for r in rows:
         r["variant"] = variant[r["run"]]
     return SweepFrames(pd.DataFrame(rows), pd.DataFrame(curves), pd.DataFrame(per_class),
