@@ -454,11 +454,22 @@ def main(cfg: DictConfig) -> float | None:
         log.exception("job failed; the sweep continues")
         return None
     if final is not None:
-        print(final_summary(final, Path(hc.runtime.output_dir)), file=sys.stderr)
+        summary = final_summary(final, Path(hc.runtime.output_dir))
+        print(summary, file=sys.stderr)
+        to_log_files_only(summary)
         sync = wandb_sync_command(Path(hc.runtime.output_dir), resolve_mode(cfg.wandb.mode))
         if sync:
             print(f"  W&B ran offline; upload it with: {sync}", file=sys.stderr)
     return None if final is None else final.get("fid")
+
+
+def to_log_files_only(text: str) -> None:
+    """`text` into the run's app.log (the root logger's file handlers), not again onto the console, where it was
+    just printed without a log prefix."""
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, text, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def runs_jobs_in_this_process(hc) -> bool:

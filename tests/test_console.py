@@ -132,6 +132,9 @@ def test_a_smoke_run_says_what_it_does_and_records_its_total_wall_time(tmp_path)
     final = next(json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"final"' in x)
     assert f"FID {final['fid']:.2f} (real vs real {final['floor_fid']:.2f})" in err
     assert f"KID {final['kid_mean']:.2f} ± {final['kid_se']:.2f} (s.e.; real vs real {final['floor_kid_mean']:.2f})" in err
+    summary = err[err.index("final evaluation at iteration 2"):].split("  run directory:")[0]
+    app_log = (run / "app.log").read_text()
+    assert summary in app_log and summary not in out  # in the run's log file too, not twice on the console
 
 
 def test_the_warning_for_a_sweep_recipe_without_multirun():
