@@ -33,6 +33,7 @@ from .config import ConfigError, check_group_overrides, check_key_overrides, gro
 from .data import ImageData
 from .train.cuda_graph import WARMUP, check_supported as check_graph_supported
 from .train.loop import LOSSES, Trainer, dequantize
+from .train.precision import fp32_math, fp32_math_mode
 from .train.run_dir import RunDir
 from .train.samples import to_uint8
 
@@ -135,6 +136,25 @@ def profile_step(step, device: torch.device, iterations: int = 3, top: int = 25)
                     for e in table[:top] if self_time(e) > 0]}
 
 
+def compile_counts() -> dict:
+    """torch._dynamo's running counts of compiled graphs, graph breaks and the CUDA graphs inductor declined
+    (mode=reduce-overhead skips a graph that mutates its inputs, and says so only in a log line)."""
+    from torch._dynamo.utils import counters
+    return {"unique_graphs": int(counters["stats"]["unique_graphs"]),
+            "graph_breaks": int(sum(counters["graph_break"].values())),
+            "cudagraph_skips": int(counters["inductor"]["cudagraph_skips"])}
+
+
+def prepare_profiler_for_cuda_graphs() -> None:
+    """CUPTI must be set up before a CUDA graph is captured, or the profiler may miss the graph's kernels
+    (pytorch PR 100441); a private helper, so its absence is no error."""
+    try:
+        from torch.profiler._utils import _init_for_cuda_graphs
+        _init_for_cuda_graphs()
+    except Exception:  # noqa: BLE001
+        pass
+
+
 def synthetic_data(n_classes: int, resolution: int, device, n: int = 4096) -> ImageData:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, resolution, resolution), dtype=torch.uint8, generator=g)
@@ -156,6 +176,7 @@ class BaselineStep:
 
     def __init__(self, trainer: Trainer):
         self.t, self.device = trainer.cfg.train, trainer.device
+        self.trainer = trainer  # its precision: the baseline does the same arithmetic (IEEE fp32, no TF32; bf16)
         # the same networks and weights, in PyTorch's default memory format
         self.G = copy.deepcopy(trainer.G).to(memory_format=torch.contiguous_format)
         self.D = copy.deepcopy(trainer.D).to(memory_format=torch.contiguous_format)
@@ -168,6 +189,11 @@ class BaselineStep:
         self.history = []
 
     def __call__(self) -> None:
+        """Under the trainer's fp32 math and autocast, so that a speed-up is overhead, not TF32 or bf16 maths."""
+        with fp32_math(fp32_math_mode(self.trainer.precision)), self.trainer.autocast():
+            self.update()
+
+    def update(self) -> None:
         t, head = self.t, self.D.head
         self.D.requires_grad_(False)
         z = torch.randn(t.batch_g, self.z_dim).to(self.device)
@@ -250,6 +276,9 @@ def bench_head(cfg, device, args, run_dir) -> dict:
     data = synthetic_data(args.n_classes, cfg.dataset.resolution, device)
     trainer = Trainer(cfg, data, RunDir(run_dir), device)
     t, head = cfg.train, cfg.head.name
+    if args.profile and trainer.graphed_step is not None:
+        prepare_profiler_for_cuda_graphs()
+    compiled_before = compile_counts()
     synchronize(device)
     t0 = time.perf_counter()
     trainer.step()  # the first step pays for compilation (train.compile) and cuDNN autotuning
@@ -272,6 +301,9 @@ def bench_head(cfg, device, args, run_dir) -> dict:
            "tflop_per_s": flops / sec / 1e12, "first_it_s": first_s}
     peak = peak_tflops(device, trainer.precision)
     row["peak_fraction"] = None if peak is None else row["tflop_per_s"] / peak
+    if t.compile:  # what was compiled: a graph break or a skipped CUDA graph would time something else
+        after = compile_counts()
+        row["compile_counts"] = {k: after[k] - compiled_before[k] for k in after}
     if profile is not None:
         row["profile"] = profile
     if args.baseline:
@@ -295,8 +327,9 @@ def bench_eval(cfg, device, args, run_dir) -> dict:
     y = torch.arange(batch, device=device) % args.n_classes
 
     @torch.no_grad()
-    def generate():
-        return to_uint8(G(z, y))
+    def generate():  # in the evaluation's IEEE fp32, as Evaluator generates
+        with exact_float32():
+            return to_uint8(G(z, y))
 
     gen_s = time_call(generate, device, 1, args.repeats)
     if cfg.eval.feature_space == "inception":
