@@ -69,8 +69,12 @@ def test_eval_timing_without_inception_weights_uses_the_architecture_and_says_so
     monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
     space = inception_space(make_config(["eval.feature_space=inception"]), torch.device("cpu"))
     assert "random weights" in space.name
-    features, logits = space.extract(torch.zeros(2, 3, 16, 16, dtype=torch.uint8), 2)
-    assert features.shape == (2, 2048) and logits.shape == (2, 1008)
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    features, logits = space.extract(images, 8)
+    assert features.shape == (8, 2048) and logits.shape == (8, 1008)
+    # of order one, like real Inception features (PyTorch's default init gave ~1e-8: the metric math would be
+    # timed on degenerate matrices)
+    assert 0.01 < features.std().item() < 10 and 0.01 < logits.std().item() < 10
 
 
 @pytest.mark.slow
