@@ -121,6 +121,25 @@ def test_imagefolder_without_class_folders_is_a_clear_error(tmp_path):
         load_dataset("imagefolder", "train", 16, path=str(tmp_path))
 
 
+def test_imagenet_with_a_flat_val_folder_is_refused_not_two_classes(tmp_path):
+    """ILSVRC's val tarball unpacks flat: train/<classes> beside a flat val/ must not load as the classes
+    `train` and `val` (a 2-class GAN, silently); nor train/ alone."""
+    write_numbered_folder(tmp_path / "train", {"n01": 3, "n02": 3})
+    (tmp_path / "val").mkdir()
+    for i in range(4):
+        Image.new("RGB", (16, 16)).save(tmp_path / "val" / f"ILSVRC2012_val_{i:08d}.JPEG")
+    with pytest.raises(DataMissingError) as err:
+        load_dataset("imagefolder", "train", 16, path=str(tmp_path))
+    # one line naming the problem and both ways out
+    assert f"{tmp_path / 'val'} has no class folders (as ImageNet val/ unpacks)" in str(err.value)
+    assert f"dataset.path={tmp_path / 'train'}" in str(err.value) and "\n" not in str(err.value)
+    (tmp_path / "val").rename(tmp_path / "elsewhere")
+    with pytest.raises(DataMissingError, match="val does not exist"):
+        load_dataset("imagefolder", "train", 16, path=str(tmp_path))
+    d = load_dataset("imagefolder", "train", 16, path=str(tmp_path / "train"), val_fraction=0.34)  # the way out
+    assert d.class_names == ["n01", "n02"]
+
+
 # ---- imagefolder's held-out split ----------------------------------------------------------------------------
 
 def write_numbered_folder(root, counts: dict[str, int]):

@@ -39,6 +39,12 @@ def load(split: str, resolution: int, path: str | None = None, skip_bad_files: b
         raise DataMissingError("dataset=imagefolder needs dataset.path=/folder/with/one/sub-folder/per/class")
     root = Path(path).expanduser()
     layout = _train_val_layout(root)
+    if not layout and _has_class_folders(root / "train"):  # ILSVRC's val tarball unpacks flat: not 2 classes
+        raise DataMissingError(
+            f"dataset.path={root} holds train/ with class folders but {root / 'val'} "
+            f"{'has no class folders (as ImageNet val/ unpacks)' if (root / 'val').is_dir() else 'does not exist'}: "
+            f"sort val/ into the same class folders as train/ (for ImageNet, e.g. with its valprep.sh), or give "
+            f"dataset.path={root / 'train'} to hold out dataset.val_fraction of it instead")
     folders = {"train": root / "train", "val": root / "val"} if layout else {"all": root}
     scans = {name: _checked_scan(folder) for name, folder in folders.items()}
     if layout and scans["val"].classes != scans["train"].classes:
@@ -73,11 +79,13 @@ def load(split: str, resolution: int, path: str | None = None, skip_bad_files: b
 _CACHE: dict = {}  # the last load's decoded splits (the app loads train, then test, of the same folder)
 
 
+def _has_class_folders(folder: Path) -> bool:
+    return folder.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
+
+
 def _train_val_layout(root: Path) -> bool:
     """True where `root` holds train/ and val/ folders that both hold class sub-folders (ImageNet's layout)."""
-    def has_class_folders(folder: Path) -> bool:
-        return folder.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in folder.iterdir())
-    return has_class_folders(root / "train") and has_class_folders(root / "val")
+    return _has_class_folders(root / "train") and _has_class_folders(root / "val")
 
 
 def _checked_scan(root: Path) -> "_Scan":
