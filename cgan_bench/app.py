@@ -28,7 +28,7 @@ from .config import ConfigError, check_against_data, check_group_overrides, chec
 from .data import DataMissingError, load_dataset
 from .heads import UnknownHeadError
 from .io import atomic_write_text
-from .metrics.feature_space import WeightsMissingError, make_feature_space
+from .metrics.feature_space import WeightsMissingError, inception_weights_path, make_feature_space
 from .metrics.kid_error import kid_unit
 from .overrides import register_resolver
 from .tracking import WandbTracker, resolve_mode
@@ -36,7 +36,7 @@ from .train import distributed, finetune
 from .train.cuda_graph import check_supported as check_graph_supported
 from .train.checkpoint import CheckpointUnreadable, load_best, load_checkpoint
 from .train.loop import (Diverged, Preempted, PreemptionSignals, ResumeConfigMismatch, ResumePastBudget, Trainer,
-                         refuse_other_config)
+                         check_resumable, refuse_other_config)
 from .train.precision import resolve_precision
 from .train.run_dir import RunDir, earlier_wall_s
 from .train.run_lock import RunDirBusy, RunDirLock
@@ -319,6 +319,25 @@ def record_refusal(run: RunDir, cfg: DictConfig, err: Exception) -> None:
     run.write_status("failed", 0, total if isinstance(total, int) else 0, 0.0, None, str(err))
 
 
+def refuse_before_the_data(cfg: DictConfig, run: RunDir) -> None:
+    """What the job would refuse after loading the data, refused first: loading can be hours (an ImageNet store's
+    first build, a domain classifier). A checkpoint trained with other settings or past the budget, and missing
+    Inception weights (one line each, exit code 2); an image folder checks the weights itself, once its folder
+    checks (cheap, and what a new user gets wrong first) have passed and before decoding (check_weights)."""
+    if cfg.resume:
+        state = load_checkpoint(run.checkpoints, mmap=True)  # the config only: tensors stay on disk
+        if state is not None:
+            check_resumable(state, cfg, run.path)
+    if cfg.dataset.name != "imagefolder":
+        check_weights(cfg)
+
+
+def check_weights(cfg: DictConfig) -> None:
+    """Missing Inception weights: one line (WeightsMissingError), where the job would evaluate with them."""
+    if cfg.eval.feature_space == "inception":
+        inception_weights_path(cfg.eval.inception_weights)
+
+
 def _run_job_locked(cfg: DictConfig, run: RunDir, group: str, job_num: int, hydra_files: dict[str, str]
                     ) -> dict | None:
     run_dir = run.path
@@ -341,8 +360,10 @@ def _run_job_locked(cfg: DictConfig, run: RunDir, group: str, job_num: int, hydr
         refuse_unsupported_graph(cfg, device)
         if not cfg.resume:
             start_over(run)
+        refuse_before_the_data(cfg, run)
         d = cfg.dataset
         options = {k: v for k, v in d.items() if k not in ("name", "resolution", "feature_space")}
+        options["before_decoding"] = lambda: check_weights(cfg)
         train_data = load_dataset(d.name, "train", d.resolution, **options)
         test_data = load_dataset(d.name, "test", d.resolution, **options)
         distributed.barrier()  # the other ranks load the data once rank 0 has (downloads, stores)
@@ -359,6 +380,10 @@ def _run_job_locked(cfg: DictConfig, run: RunDir, group: str, job_num: int, hydr
             finetune.attach(trainer, parent, space, train_data.to(device), test_data.to(device))
         if cfg.resume and trainer.resume():
             log.info("resuming %s at iteration %d", run_dir, trainer.iteration)
+            if (previous or {}).get("state") == "completed":  # a larger train.iterations: the run goes on
+                log.info("extending the completed run from %d to %d iterations: its final evaluation at %d will be "
+                         "replaced by one at %d", trainer.iteration, cfg.train.iterations, trainer.iteration,
+                         cfg.train.iterations)
         elif parent is not None:
             finetune.start_from_parent(trainer, parent)
             log.info("fine-tuning %s from %s at iteration %d", run_dir, parent.path, trainer.iteration)
@@ -488,6 +513,8 @@ def wandb_sync_command(run_dir: Path, mode: str) -> str | None:
 def final_summary(r: dict, run_dir: Path) -> str:
     """The final evaluation in a few lines (stderr, beside the progress bar), each number with its yardstick."""
     kid_scale, kid_label = kid_unit(r["feature_space"])
+    # a number the protocol could not give is None (e.g. no real-vs-real floor: too few images to split): nan
+    r = {k: float("nan") if v is None else v for k, v in r.items()}
     lines = [f"{'stored (completed earlier) ' if r.get('stored') else ''}final evaluation at iteration "
              f"{r['iteration']} ({r['feature_space']} space, {r['n_generated']} "
              f"generated, FID on {r['n_real']} real vs {r['n_fake']} generated):",

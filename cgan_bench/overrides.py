@@ -26,7 +26,7 @@ NEUTRAL_OVERRIDES = ("wandb", "report", "report_dir", "sweep_name", "sweep", "re
 
 SAFE = re.compile(r"[A-Za-z0-9._-]{1,32}")
 LONGEST_NAME = 200  # characters; a longer name keeps its first part and hashes the rest (file systems allow 255)
-PATH_OVERRIDES = ("finetune.parent",)  # values that are paths: `runs/x` and `/abs/runs/x` are one parent
+PATH_OVERRIDES = ("finetune.parent", "dataset.path")  # values that are paths: `runs/x` and `/abs/runs/x` are one
 
 
 def is_neutral(key: str) -> bool:

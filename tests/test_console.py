@@ -192,3 +192,15 @@ def test_the_sync_command_names_the_offline_runs_wandb_wrote(tmp_path):
     (tmp_path / "wandb" / "latest-run").mkdir()
     assert wandb_sync_command(tmp_path, "offline") == f"wandb sync {first} {second}"
     assert wandb_sync_command(tmp_path, "online") is None and wandb_sync_command(tmp_path, "disabled") is None
+
+
+def test_the_summary_of_a_run_without_a_noise_floor_is_printed_not_a_crash(tmp_path):
+    """A folder too small to split into two real halves has no real-vs-real floor (None in the record): the run's
+    last step printed a TypeError traceback after training and evaluation had finished."""
+    from cgan_bench.app import final_summary
+    record = {"iteration": 2, "feature_space": "classifier", "n_generated": 24, "n_real": 9, "n_fake": 24,
+              "fid": 80.5, "floor_fid": None, "intra_fid_mean": 120.0, "floor_intra_fid_mean": None,
+              "kid_mean": 0.5, "kid_se": None, "floor_kid_mean": None, "is_mean": 1.5, "class_accuracy": 0.3,
+              "precision": 0.1, "recall": 0.2, "density": None, "coverage": 0.1, "collapsed_classes": 1}
+    text = final_summary(record, tmp_path)
+    assert "FID 80.50 (real vs real nan)" in text and "density nan" in text and str(tmp_path) in text

@@ -223,3 +223,44 @@ def test_the_trainer_gives_a_streamed_rank_its_share_of_the_real_batch(tmp_path,
     assert x.shape == (4, 3, R, R) and x.dtype == torch.float32 and y.shape == (4,)
     assert -1.0 <= x.min() and x.max() < 1.0  # dequantised: [-1, 1)
     trainer.data.close()
+
+
+@pytest.mark.slow
+def test_resume_checks_come_before_the_data_and_a_path_is_one_folder_however_spelled(tmp_path):
+    """A resume with other settings, and missing Inception weights, are refused before the data is loaded (an
+    ImageNet store's first build takes hours); the same folder spelled relative or with `./` and a trailing `/`
+    resumes (and shares one store), while a copy elsewhere is refused with advice for data that only moved."""
+    import shutil
+
+    from conftest import run_cli
+    make_tree(tmp_path / "imgs", per_class=(4, 4, 4))
+    (tmp_path / "imgs" / "class_1" / "broken.jpg").unlink()
+    stores = tmp_path / "stores"
+    common = ["dataset=imagefolder", "model=small", "train=smoke", "eval=smoke", "eval.feature_space=classifier",
+              "eval.classifier_epochs=1", "dataset.resolution=16", "dataset.storage=stream", "dataset.stream_workers=0",
+              "train.batch_d=4", "train.batch_g=4", "eval.n_generated=24", "eval.batch_size=8",
+              f"dataset.store_dir={stores}", f"hydra.run.dir={tmp_path / 'run'}"]
+
+    def built():
+        return sorted(p.name for p in stores.iterdir() if p.is_dir())
+
+    r = run_cli(*common, f"dataset.path={tmp_path / 'imgs'}", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(built()) == 1
+
+    r = run_cli(*common, "dataset.path=./imgs/", "train.iterations=3", cwd=tmp_path)  # the same folder
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resuming" in r.stdout and len(built()) == 1  # no second store for a second spelling
+    assert "extending the completed run from 2 to 3 iterations" in r.stdout  # its final evaluation is replaced
+
+    shutil.copytree(tmp_path / "imgs", tmp_path / "moved")
+    r = run_cli(*common, f"dataset.path={tmp_path / 'moved'}", "train.iterations=4", cwd=tmp_path)
+    assert r.returncode == 2
+    lines = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+    assert len(lines) == 1 and "dataset.path" in lines[0] and "only moved" in lines[0], r.stderr[-2000:]
+    assert "dataset: imagefolder" not in r.stdout and len(built()) == 1  # refused before the data
+
+    r = run_cli(*common, f"dataset.path={tmp_path / 'moved'}", "eval.feature_space=inception",
+                f"eval.inception_weights={tmp_path / 'none.pth'}", f"hydra.run.dir={tmp_path / 'other'}", cwd=tmp_path)
+    assert r.returncode == 2 and "none.pth does not exist" in r.stderr, r.stderr[-2000:]
+    assert len(built()) == 1  # no store was built for a job that cannot evaluate

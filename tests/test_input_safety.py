@@ -244,7 +244,9 @@ def bad_folder(tmp_path: Path, case: str) -> list[str]:
         root = make_folder(tmp_path / "one", colours={"red": (255, 0, 0)})
     elif case == "missing":
         root = tmp_path / "no_such_folder"
-    return ["dataset=imagefolder", f"dataset.path={root}", "dataset.resolution=16", "model=small"]
+    # the harness's own feature space: missing Inception weights are refused first, before the data is read
+    return ["dataset=imagefolder", f"dataset.path={root}", "dataset.resolution=16", "model=small",
+            "eval.feature_space=classifier"]
 
 
 CLI_CASES = [

@@ -337,3 +337,13 @@ def test_the_protocol_names_training_threads_on_a_cpu_where_recorded():
     assert device_label(g.assign(cpu_threads=[1, 2])) == "cpu (training: 1, 2 threads)"  # mixed: both shown
     assert device_label(pd.DataFrame({"device": ["cuda:0"], "cpu_threads": [None]})) == "cuda:0"
     assert device_label(pd.DataFrame({"device": ["cpu"]})) == "cpu"  # runs from before it was recorded
+
+
+def test_a_long_column_name_makes_a_short_unique_figure_file_name():
+    """A folder of runs with many differing settings made a figure name over the file system's 255 characters
+    (OSError: File name too long); long names keep their start and hash the rest."""
+    from cgan_bench.report.plots import _slug
+    base = "imagefolder [classifier, 10 real (train) vs 100 fake] " + " ".join(f"key{i}=value{i}" for i in range(40))
+    a, b = _slug(base + " train.lr=0.1"), _slug(base + " train.lr=0.2")
+    assert len(a) <= 80 and len(b) <= 80 and a != b and a.startswith("imagefolder__classifier")
+    assert _slug("digits train.lr=0.0002") == "digits_train_lr_0_0002"  # short names as before

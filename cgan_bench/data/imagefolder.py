@@ -30,14 +30,16 @@ SPLIT_SEED = 2018  # the held-out images of a class: randperm seeded by this + c
 
 def load(split: str, resolution: int, path: str | None = None, skip_bad_files: bool = False,
          val_fraction: float = 0.0, storage: str = "auto", store_dir: str | None = None, stream_workers: int = 4,
-         **_) -> ImageData:
+         before_decoding=None, **_) -> ImageData:
     """Every image is decoded once here, before any training: an unreadable file stops the run with one line
     naming it (or, with `skip_bad_files`, is skipped and counted). Hidden files and folders ('.x') are ignored,
     symlinks are followed only while they stay inside `path` (loops are detected), an empty class folder or
-    fewer than 2 classes are refused. Both splits come from one decoding (the app loads train, then test)."""
+    fewer than 2 classes are refused. Both splits come from one decoding (the app loads train, then test).
+    `before_decoding()`: the job's own refusals (missing weights), once the folder checks have passed and before
+    the decoding (hours for a first ImageNet store)."""
     if not path:
         raise DataMissingError("dataset=imagefolder needs dataset.path=/folder/with/one/sub-folder/per/class")
-    root = Path(path).expanduser()
+    root = Path(path).expanduser().resolve()  # one folder, one spelling: `imgs`, `./imgs/` and `/abs/imgs` share a store
     layout = _train_val_layout(root)
     if not layout and _has_class_folders(root / "train"):  # ILSVRC's val tarball unpacks flat: not 2 classes
         raise DataMissingError(
@@ -53,6 +55,8 @@ def load(split: str, resolution: int, path: str | None = None, skip_bad_files: b
                                f"{', '.join(scans['val'].classes)}")
     if not layout:
         _check_fraction(val_fraction)
+    if before_decoding is not None:
+        before_decoding()
     from . import image_store  # storage=stream (or auto, for a folder too large for memory): image_store.py
     if image_store.wants_stream(storage, sum(len(f) for s in scans.values() for f in s.files), resolution):
         return image_store.load_split(root, folders, scans, split, resolution, bool(skip_bad_files), val_fraction,

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..overrides import short_hash  # noqa: E402
 from ..train.samples import STABLE_METADATA  # noqa: E402
 from .tables import HEAD_ORDER  # noqa: E402
 
@@ -19,8 +20,11 @@ def _heads(frame: pd.DataFrame) -> list[str]:
     return sorted(frame["head"].unique(), key=lambda h: (HEAD_ORDER.index(h) if h in HEAD_ORDER else 99, h))
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
+def _slug(text: str, longest: int = 80) -> str:
+    """A column's name as part of a file name; a long one (many swept settings) keeps its start and hashes the
+    rest, so that names stay unique and under file systems' 255 characters."""
+    slug = "".join(c if c.isalnum() else "_" for c in text).strip("_")
+    return slug if len(slug) <= longest else f"{slug[:longest - 9]}_{short_hash(text)}"
 
 
 def save_png_and_pdf(fig, title: str, path: Path) -> Path:

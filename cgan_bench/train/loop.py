@@ -100,6 +100,24 @@ def refuse_other_config(state: dict, cfg, what: str, fix: str) -> None:
         raise ResumeConfigMismatch(f"{what} trained with another config ({'; '.join(changed)}); {fix}")
 
 
+def check_resumable(state: dict, cfg, run_path) -> None:
+    """Refuse (one line) to continue the checkpoint `state` of `run_path` under `cfg`: other settings (the data's
+    folder among them: a folder that moved is given by its old path, or a link there), or past the budget."""
+    changed = config_differences(state.get("config", {}), resume_relevant(cfg))
+    if changed:
+        moved = all(c.startswith("dataset.path:") for c in changed)
+        raise ResumeConfigMismatch(
+            f"{run_path} holds a checkpoint trained with another config ({'; '.join(changed)}); "
+            + ("if the same images only moved, give the dataset.path it was trained with (a link from there to the "
+               "new place works); else " if moved else "")
+            + "rerun with resume=false to start this directory over, or choose another hydra.run.dir")
+    if state["iteration"] > cfg.train.iterations:
+        raise ResumePastBudget(
+            f"{run_path} holds a checkpoint at iteration {state['iteration']}, past "
+            f"train.iterations={cfg.train.iterations}; raise train.iterations to at least "
+            f"{state['iteration']} to continue it, or rerun with resume=false to start this directory over")
+
+
 def build_models(cfg, n_classes: int, device) -> tuple[Generator, Discriminator]:
     """G and D of cfg.model at dataset.resolution; g_mult/d_mult/d_down (ImageNet models) widen the trunks."""
     resolution, m = cfg.dataset.resolution, cfg.model
@@ -231,13 +249,7 @@ class Trainer:
         if state is None:  # starting at 0: lines an attempt killed before its first checkpoint logged are stale
             self.run.drop_metrics_after(0)
             return False
-        refuse_other_config(state, self.cfg, f"{self.run.path} holds a checkpoint",
-                            "rerun with resume=false to start this directory over, or choose another hydra.run.dir")
-        if state["iteration"] > self.cfg.train.iterations:
-            raise ResumePastBudget(
-                f"{self.run.path} holds a checkpoint at iteration {state['iteration']}, past "
-                f"train.iterations={self.cfg.train.iterations}; raise train.iterations to at least "
-                f"{state['iteration']} to continue it, or rerun with resume=false to start this directory over")
+        check_resumable(state, self.cfg, self.run.path)
         self.load_state_dict(state)
         self.restore_best(state.get("best"))
         self.run.drop_metrics_after(self.iteration)
