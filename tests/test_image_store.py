@@ -144,6 +144,28 @@ def test_held_out_split_is_the_device_paths_split(tmp_path):
     assert sorted(train.rows.tolist() + test.rows.tolist()) == list(range(12))
 
 
+def test_a_subset_split_is_hashed_from_disk_and_copied_into_memory_at_most_once(tmp_path, caplog):
+    """A held-out split of a streamed folder (dataset.val_fraction) is a subset of the store's rows. Its cache
+    fingerprint was taken through `.images`, an in-memory copy of the whole split (ImageNet: ~57 GB), and each
+    `.to(device)` made its own copy (a run made two, a rank of a multi-process run one more). Now the fingerprint
+    reads the store chunk by chunk (the same hash as the in-memory path's), and one copy serves every `.to()`."""
+    import logging
+
+    from cgan_bench.metrics.cache import fingerprint
+    root = make_tree(tmp_path / "data")
+    opts = dict(path=str(root), skip_bad_files=True, val_fraction=0.25, store_dir=str(tmp_path / "s"),
+                stream_workers=0)
+    device = load_dataset("imagefolder", "train", R, storage="device", **opts)
+    stream = load_dataset("imagefolder", "train", R, storage="stream", **opts)
+    with caplog.at_level(logging.WARNING, logger="cgan_bench"):
+        assert fingerprint(stream.to("cpu")) == fingerprint(device)  # the same images, the same key
+        assert torch.equal(torch.cat(list(stream.image_chunks(2))), device.images)
+        assert "copying" not in caplog.text  # hashed from disk, nothing copied
+        a, b = stream.to("cpu"), stream.to("cpu").for_rank(1)
+        assert a.images is b.images and torch.equal(a.images, device.images)
+    assert caplog.text.count(f"copying the {len(device)} images of the streamed train split") == 1
+
+
 def test_unreadable_files_follow_skip_bad_files_without_a_rebuild(tmp_path, monkeypatch):
     root = make_tree(tmp_path / "data")
     opts = dict(path=str(root), storage="stream", store_dir=str(tmp_path / "s"), val_fraction=0)

@@ -46,6 +46,10 @@ class ImageData:
     def class_counts(self) -> torch.Tensor:
         return torch.bincount(self.labels, minlength=self.n_classes)
 
+    def image_chunks(self, size: int):
+        """The images in order, `size` at a time (StreamedImageData reads them from disk this way)."""
+        return self.images.split(size)
+
 
 def data_root(configured: str | None) -> Path:
     """Where datasets live: the config value, else $CGAN_BENCH_DATA, else ~/.cache/cgan_bench/datasets."""

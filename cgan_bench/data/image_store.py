@@ -22,7 +22,6 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -231,6 +230,8 @@ class StreamedImageData:
     sampler_rank: int = 0  # a multi-process run's rank (for_rank): each rank reads its own random batches
     _batches: object = field(default=None, init=False, repr=False)
     _batch_size: int = field(default=0, init=False, repr=False)
+    # the split's in-memory copy (images of a subset split), one for this object and all its .to()/for_rank copies
+    _copy: dict = field(default_factory=dict, repr=False)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -239,29 +240,35 @@ class StreamedImageData:
     def resolution(self) -> int:
         return read_meta(self.store)["resolution"]
 
-    @cached_property
+    @property
     def images(self) -> torch.Tensor:
         mm = open_images(self.store, mode="c")  # copy-on-write: writable for torch, never written back
         if self.rows is None:
             return torch.from_numpy(mm)
-        log.warning("copying the %d images of the streamed %s split into memory (%.1f GB)", len(self.rows),
-                    self.split, len(self.rows) * np.prod(mm.shape[1:]) / 1e9)
-        return torch.from_numpy(mm[self.rows])  # rows are sorted (a mask of the store's rows)
+        if "images" not in self._copy:  # made once, shared by every .to()/for_rank copy of this split
+            log.warning("copying the %d images of the streamed %s split into memory (%.1f GB)", len(self.rows),
+                        self.split, len(self.rows) * np.prod(mm.shape[1:]) / 1e9)
+            self._copy["images"] = torch.from_numpy(mm[self.rows])  # rows are sorted (a mask of the store's rows)
+        return self._copy["images"]
+
+    def image_chunks(self, size: int):
+        """The split's images in order, `size` at a time, read from the store (never the whole split in memory)."""
+        if "images" in self._copy:
+            yield from self._copy["images"].split(size)
+            return
+        mm = open_images(self.store)
+        rows = np.arange(len(mm)) if self.rows is None else np.asarray(self.rows)
+        for start in range(0, len(rows), size):
+            yield torch.from_numpy(np.ascontiguousarray(mm[rows[start:start + size]]))
 
     def to(self, device) -> "StreamedImageData":
         """The images stay on disk; `sample` then delivers batches on `device`."""
-        out = replace(self, device=torch.device(device))
-        if "images" in self.__dict__:  # an in-memory copy (a subset split) is made once, not once per .to()
-            out.__dict__["images"] = self.__dict__["images"]
-        return out
+        return replace(self, device=torch.device(device))  # `_copy` is shared: a subset split is copied once
 
     def for_rank(self, rank: int) -> "StreamedImageData":
         """This split as rank `rank` of a multi-process run reads it: the same images, its own batch sampler
         (seeded by the run's RNG and the rank), so N ranks read N different batches instead of one each."""
-        out = replace(self, sampler_rank=int(rank))
-        if "images" in self.__dict__:
-            out.__dict__["images"] = self.__dict__["images"]
-        return out
+        return replace(self, sampler_rank=int(rank))
 
     def class_counts(self) -> torch.Tensor:
         return torch.bincount(self.labels, minlength=self.n_classes)

@@ -70,7 +70,7 @@ def load_or_build(path: Path, load: Callable[[Path], Any], build: Callable[[], A
 def fingerprint(data) -> str:
     """Short content hash of an ImageData, so two image folders with the same name never share a cache entry."""
     h = hashlib.sha1()
-    for chunk in data.images.split(4096):  # chunk by chunk (same hash): a streamed store never sits in RAM whole
+    for chunk in data.image_chunks(4096):  # chunk by chunk (same hash): a streamed store never sits in RAM whole
         h.update(chunk.cpu().numpy().tobytes())
     h.update(data.labels.cpu().numpy().tobytes())
     return h.hexdigest()[:10]
