@@ -344,6 +344,7 @@ def _run_job_locked(cfg: DictConfig, run: RunDir, group: str, job_num: int, hydr
     from .metrics.evaluator import Evaluator  # torch-fidelity, pandas: only once a job really runs
     t_start = time.perf_counter()
     trainer, tracker, previous = None, None, run.read_status()
+    preparing = PreemptionSignals(stop_at_once=True)
     try:
         validate(cfg)  # before anything reads the directory: `resume=no` must not skip or resume
         parent = finetune.begin(cfg, run)  # a fine-tune: its parent checked, train.iterations set
@@ -360,6 +361,9 @@ def _run_job_locked(cfg: DictConfig, run: RunDir, group: str, job_num: int, hydr
         refuse_unsupported_graph(cfg, device)
         if not cfg.resume:
             start_over(run)
+        # Slurm's SIGTERM/SIGUSR2 or Ctrl-C while the data and the evaluation are prepared (an ImageNet store's
+        # first build: hours) stop the job cleanly there: every step is cached or resumable. fit() takes over.
+        preparing.__enter__()
         refuse_before_the_data(cfg, run)
         d = cfg.dataset
         options = {k: v for k, v in d.items() if k not in ("name", "resolution", "feature_space")}
@@ -393,6 +397,7 @@ def _run_job_locked(cfg: DictConfig, run: RunDir, group: str, job_num: int, hydr
             tracker = trainer.tracker = WandbTracker(cfg, run.path, group=group, job_type=cfg.head.name)
         trainer.evaluator = Evaluator(e, space, real.to(device), run, device, cfg.model.z_dim, cfg.seed, tracker,
                                       held_out=test_data.to(device))
+        preparing.restore()
         trainer.fit()
         final = final_evaluation(trainer)
         best_evaluation(trainer, final)
@@ -404,7 +409,12 @@ def _run_job_locked(cfg: DictConfig, run: RunDir, group: str, job_num: int, hydr
                                caption="category morphing: fixed z per row, class a -> class b")
             tracker.finish(0)
         return final
-    except Preempted:
+    except Preempted as p:
+        if preparing.signal is not None:  # stopped before training, where fit() writes no status
+            it = trainer.iteration if trainer else int((previous or {}).get("iteration") or 0)
+            run.write_status("preempted", it, int(cfg.train.iterations), time.perf_counter() - t_start, None,
+                             f"signal {p.signal.name} while preparing the data and evaluation (rerun to go on: "
+                             "finished steps are cached)")
         if tracker is not None:
             tracker.finish(0)
         raise
@@ -425,6 +435,8 @@ def _run_job_locked(cfg: DictConfig, run: RunDir, group: str, job_num: int, hydr
         if tracker is not None:
             tracker.finish(1)
         raise
+    finally:
+        preparing.restore()  # the next job of an in-process sweep finds the handlers this one found
 
 
 register_resolver()  # hydra.sweep.subdir names job folders with it (here and in every worker that imports main)
@@ -463,7 +475,7 @@ def main(cfg: DictConfig) -> float | None:
         print(f"error: run diverged: {err}", file=sys.stderr)
         sys.exit(EXIT_DIVERGED)
     except Preempted as p:
-        print(f"{p}: checkpoint written, status 'preempted'; rerun the same command to resume", file=sys.stderr)
+        print(f"{p}: its progress is saved (status 'preempted'); rerun the same command to resume", file=sys.stderr)
         if callable(p.previous_handler):  # e.g. submitit's handler: requeue the job, which then resumes
             p.previous_handler(p.signal, None)
         if multirun and not runs_jobs_in_this_process(hc):

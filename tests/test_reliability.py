@@ -332,3 +332,28 @@ def test_sigterm_to_a_joblib_sweep_preempts_its_workers_and_starts_nothing_more(
         with RunDirLock(run_dir):  # taken at once: no worker still holds it
             pass
     assert not (queued / "status.json").exists()
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_data_and_evaluation_are_prepared_preempts_cleanly(tmp_path):
+    """Slurm's SIGTERM (or Ctrl-C) before training, here while the domain classifier trains (for an ImageNet
+    folder: the store's first build, hours), killed the job silently, with no status.json (SIGINT: two
+    tracebacks). It now stops there with status `preempted`, exit code 0, one line; a rerun goes on."""
+    run_dir = tmp_path / "run"
+    args = [*SMOKE, "eval.classifier_epochs=400", f"eval.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"]
+    proc = start_cli(*args)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        log_file = run_dir / "app.log"
+        if log_file.exists() and "building the domain classifier" in log_file.read_text():
+            break
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        time.sleep(0.05)
+    time.sleep(1)  # inside the classifier's training
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "preempted by SIGTERM" in err and "Traceback" not in err
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "preempted" and "while preparing the data and evaluation" in status["reason"]
+    assert not (run_dir / "checkpoints").exists()  # stopped before training

@@ -487,8 +487,11 @@ class PreemptionSignals:
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 
-    def __init__(self):
+    def __init__(self, stop_at_once: bool = False):
+        """`stop_at_once`: raise Preempted from the handler, wherever the job is (the data and evaluation
+        preparation before training, whose steps are cached or resumable: a store build, a classifier)."""
         self.signal, self.previous_handler, self._saved = None, None, {}
+        self.stop_at_once = stop_at_once
 
     def _handle(self, signum, frame):
         if signum == signal.SIGINT and self.signal == signal.SIGINT:
@@ -497,6 +500,9 @@ class PreemptionSignals:
         previous = self._saved.get(self.signal)
         # Python's own Ctrl-C handler would raise KeyboardInterrupt after the checkpoint: not a handler to run
         self.previous_handler = None if previous is signal.default_int_handler else previous
+        if self.stop_at_once:
+            self.restore()
+            raise Preempted(self.signal, self.previous_handler)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -505,6 +511,11 @@ class PreemptionSignals:
         return self
 
     def __exit__(self, *exc):
+        self.restore()
+        return False
+
+    def restore(self) -> None:
+        """The handlers found on entry back in place (once)."""
         for sig, handler in self._saved.items():
             signal.signal(sig, handler)
-        return False
+        self._saved = {}
