@@ -181,12 +181,23 @@ def _check_model_shape(cfg: DictConfig) -> None:
                f"model.{key}", v, "null (model.g_ch/d_ch everywhere) or a list of integers >= 1 (channel multipliers)")
     _check(m.get("d_down") is None or _is_int(m.get("d_down")), "model.d_down", m.get("d_down"),
            "null or an integer (how many D blocks halve the size)")
+    def fits(resolution: int) -> bool:
+        try:
+            generator_widths(resolution, m.g_ch, m.get("g_mult"))
+            trunk_layout(resolution, m.d_ch, m.get("d_mult"), m.get("d_down"))
+            return True
+        except ValueError:
+            return False
+
     try:
         generator_widths(r, m.g_ch, m.get("g_mult"))
         trunk_layout(r, m.d_ch, m.get("d_mult"), m.get("d_down"))
     except ValueError as e:
-        raise ConfigError(f"{e} (the official ImageNet nets: model=sngan_64 for 64px, model=sngan_128 for 128px)") \
-            from None
+        made_for = [str(x) for x in (16, 32, 64, 128, 256) if fits(x)]
+        hint = f"this model is made for dataset.resolution={' or '.join(made_for)}: set that, or choose a model " \
+            "for your resolution; " if made_for else ""
+        raise ConfigError(f"{e} ({hint}the official ImageNet nets: model=sngan_64 for 64px, model=sngan_128 for "
+                          "128px)") from None
 
 
 def _check_head_params(cfg: DictConfig) -> None:

@@ -227,3 +227,11 @@ def test_paper_imagenet_recipe():
     paper = make_cfg("train=paper").train
     if "gpu_recipe" in paper:
         assert t.gpu_recipe is True
+
+
+def test_an_imagenet_model_at_the_wrong_resolution_names_the_resolution_it_is_made_for():
+    """`model=sngan_64` at the default resolution was refused with advice naming model=sngan_64 itself."""
+    for model, made_for in (("sngan_64", 64), ("sngan_128", 128)):
+        with pytest.raises(ConfigError) as err:
+            validate(make_cfg(f"model={model}", "dataset.resolution=32"))
+        assert f"this model is made for dataset.resolution={made_for}: set that" in str(err.value)
