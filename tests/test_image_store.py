@@ -166,6 +166,15 @@ def test_a_subset_split_is_hashed_from_disk_and_copied_into_memory_at_most_once(
     assert caplog.text.count(f"copying the {len(device)} images of the streamed train split") == 1
 
 
+def test_an_unusable_store_dir_is_one_line(tmp_path):
+    """dataset.store_dir under a file (or a read-only mount) was a FileNotFoundError traceback."""
+    root = make_tree(tmp_path / "data")
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(DataMissingError, match=r"cannot create the image store in .*a_file.*dataset\.store_dir="):
+        load_dataset("imagefolder", "train", R, path=str(root), skip_bad_files=True, storage="stream",
+                     store_dir=str(tmp_path / "a_file" / "stores"), val_fraction=0)
+
+
 def test_unreadable_files_follow_skip_bad_files_without_a_rebuild(tmp_path, monkeypatch):
     root = make_tree(tmp_path / "data")
     opts = dict(path=str(root), storage="stream", store_dir=str(tmp_path / "s"), val_fraction=0)

@@ -112,7 +112,12 @@ def build_store(root: str | Path, resolution: int, store_dir: str | Path | None 
     out = store_path(root, scan, resolution, store_dir)
     if (out / "meta.json").exists():
         return out
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a typo, a read-only or missing mount
+        raise DataMissingError(f"cannot create the image store in {out.parent} ({err.strerror or err}): give "
+                               "dataset.store_dir=<a writable folder> (a local SSD for ImageNet), or leave it unset "
+                               f"for {cache_root() / 'image_store'}") from None
     with FileLock(str(out) + ".lock"):  # two jobs of a sweep: one builds, the other waits and reuses it
         if (out / "meta.json").exists():
             return out
@@ -124,8 +129,8 @@ def build_store(root: str | Path, resolution: int, store_dir: str | Path | None 
             progress = json.loads((out / "progress.json").read_text())
             log.info("resuming the image store build of %s at %d/%d files (%s)", root, progress["files_done"], n, out)
         else:
-            log.info("building the image store of %s at %dpx: %d files, %.1f GB, a one-time step (%s)", root,
-                     resolution, n, n * row / 1e9, out)
+            log.info("building the image store of %s at %dpx: %d files, %s, a one-time step (%s)", root,
+                     resolution, n, size_text(n * row), out)
         if progress["files_done"] < n:
             mode = "r+" if progress["files_done"] else "w+"
             images = np.memmap(out / "images.u8", dtype=np.uint8, mode=mode, shape=(n, 3, resolution, resolution))
@@ -246,8 +251,8 @@ class StreamedImageData:
         if self.rows is None:
             return torch.from_numpy(mm)
         if "images" not in self._copy:  # made once, shared by every .to()/for_rank copy of this split
-            log.warning("copying the %d images of the streamed %s split into memory (%.1f GB)", len(self.rows),
-                        self.split, len(self.rows) * np.prod(mm.shape[1:]) / 1e9)
+            log.warning("copying the %d images of the streamed %s split into memory (%s)", len(self.rows),
+                        self.split, size_text(len(self.rows) * np.prod(mm.shape[1:])))
             self._copy["images"] = torch.from_numpy(mm[self.rows])  # rows are sorted (a mask of the store's rows)
         return self._copy["images"]
 
@@ -318,6 +323,17 @@ def load_split(root: Path, folders: dict, scans: dict, split: str, resolution: i
                              workers=int(workers))
 
 
+_SKIPS_SAID: set = set()
+
+
+def size_text(n_bytes: float) -> str:
+    """1.3 GB, 42 MB, 7 kB: a small store is not "0.0 GB"."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}" if unit == "GB" else f"{n_bytes / scale:.0f} {unit}"
+    return f"{max(1, round(n_bytes / 1e3))} kB"
+
+
 def _check_skipped(folder: Path, scan, meta: dict, skip_bad_files: bool) -> None:
     """The build skips unreadable files (hours of work are never lost); using them follows dataset.skip_bad_files."""
     bad = meta["skipped_files"]
@@ -328,5 +344,7 @@ def _check_skipped(folder: Path, scan, meta: dict, skip_bad_files: bool) -> None
         raise DataMissingError(f"cannot read image {bad[0][0]}: {bad[0][1]}{more}; remove or replace it, or set "
                                f"dataset.skip_bad_files=true to skip unreadable files (the preprocessed store "
                                f"is kept and reused)")
-    log.warning("skipped %d unreadable files, e.g. %s (%s)", len(bad), *bad[0])
+    if folder not in _SKIPS_SAID:  # once per folder and process, not once per split loaded
+        _SKIPS_SAID.add(folder)
+        log.warning("skipped %d unreadable files, e.g. %s (%s)", len(bad), *bad[0])
     imagefolder._refuse_empty_classes(folder, meta["classes"], meta["class_counts"], "readable", scan)

@@ -50,9 +50,13 @@ def load(split: str, resolution: int, path: str | None = None, skip_bad_files: b
     folders = {"train": root / "train", "val": root / "val"} if layout else {"all": root}
     scans = {name: _checked_scan(folder) for name, folder in folders.items()}
     if layout and scans["val"].classes != scans["train"].classes:
-        raise DataMissingError(f"{root / 'val'} and {root / 'train'} must hold the same class folders; "
-                               f"train has {', '.join(scans['train'].classes)}, val has "
-                               f"{', '.join(scans['val'].classes)}")
+        train, val = set(scans["train"].classes), set(scans["val"].classes)
+
+        def listed(names):  # ImageNet has 1000 classes: a few names and the count
+            names = sorted(names)
+            return f"{', '.join(names[:5])}{', ...' if len(names) > 5 else ''} ({len(names)})" if names else "none"
+        raise DataMissingError(f"{root / 'val'} and {root / 'train'} must hold the same class folders; only in "
+                               f"train: {listed(train - val)}; only in val: {listed(val - train)}")
     if not layout:
         _check_fraction(val_fraction)
     if before_decoding is not None:
