@@ -166,6 +166,23 @@ def test_a_subset_split_is_hashed_from_disk_and_copied_into_memory_at_most_once(
     assert caplog.text.count(f"copying the {len(device)} images of the streamed train split") == 1
 
 
+
+def test_a_stores_fingerprints_are_kept_beside_it(tmp_path, monkeypatch):
+    """A store never changes once built: each split's fingerprint is hashed once and then read (ImageNet: 63 GB
+    were read at every job start); the in-memory path of the same folder gets the same key."""
+    from cgan_bench.metrics import cache
+    root = make_tree(tmp_path / "data")
+    opts = dict(path=str(root), skip_bad_files=True, val_fraction=0.25, store_dir=str(tmp_path / "s"),
+                stream_workers=0)
+    train, test = (load_dataset("imagefolder", s, R, storage="stream", **opts) for s in ("train", "test"))
+    keys = [cache.fingerprint(d) for d in (train, test)]
+    assert keys == [cache.fingerprint(load_dataset("imagefolder", s, R, storage="device", **opts))
+                    for s in ("train", "test")] and keys[0] != keys[1]
+    assert sorted(json.loads((train.store / "fingerprints.json").read_text()).values()) == sorted(keys)
+    monkeypatch.setattr(cache, "_content_hash", lambda data: pytest.fail("hashed the store again"))
+    assert [cache.fingerprint(d) for d in (train.to("cpu"), test)] == keys
+
+
 def test_an_unusable_store_dir_is_one_line(tmp_path):
     """dataset.store_dir under a file (or a read-only mount) was a FileNotFoundError traceback."""
     root = make_tree(tmp_path / "data")
