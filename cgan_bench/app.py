@@ -138,9 +138,17 @@ def start_block(cfg: DictConfig, run_dir: Path, device: torch.device, train_data
         f"  device: {describe_device(device, str(cfg.device))} | training precision: "
         f"{resolve_precision(t.precision, device)} (train.precision={t.precision})",
         f"  dataset: {d.name} {d.resolution}px, {len(train_data)} train / {len(test_data)} test images, "
-        f"{train_data.n_classes} classes | feature space: {e.feature_space}",
+        f"{train_data.n_classes} classes{storage_text(cfg, train_data)} | feature space: {e.feature_space}",
         f"  training: {t.iterations} iterations{f' (train={recipe})' if recipe else ''}, head {cfg.head.name}, "
         f"seed {cfg.seed}"])
+
+
+def storage_text(cfg: DictConfig, data) -> str:
+    """An image folder's storage as resolved (`auto` depends on the machine's free memory)."""
+    if "storage" not in cfg.dataset:
+        return ""
+    resolved = "stream" if getattr(data, "store", None) is not None else "device"
+    return f", storage {resolved} (dataset.storage={cfg.dataset.storage})"
 
 
 def start_over(run: RunDir) -> None:

@@ -295,6 +295,7 @@ def test_resume_checks_come_before_the_data_and_a_path_is_one_folder_however_spe
     r = run_cli(*common, f"dataset.path={tmp_path / 'imgs'}", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(built()) == 1
+    assert "3 classes, storage stream (dataset.storage=stream) | feature space" in r.stdout  # as resolved
 
     r = run_cli(*common, "dataset.path=./imgs/", "train.iterations=3", cwd=tmp_path)  # the same folder
     assert r.returncode == 0, r.stderr[-2000:]
