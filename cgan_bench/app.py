@@ -475,6 +475,8 @@ def main(cfg: DictConfig) -> float | None:
     except USER_ERRORS as err:
         print(f"error: {err}", file=sys.stderr)
         if multirun:
+            from .report.callback import note_refusal  # pandas: imported only where a sweep needs it
+            note_refusal(Path(hc.sweep.dir), Path(hc.runtime.output_dir), str(err))  # the sweep's exit code: 2
             return None  # recorded as failed in the run directory (busy: left to its holder); the sweep goes on
         sys.exit(EXIT_USER_ERROR)
     except Diverged as err:

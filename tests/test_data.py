@@ -223,3 +223,14 @@ def test_imagefolder_config_holds_out_a_tenth_by_default():
     with initialize_config_dir(CONF_DIR, version_base="1.3"):
         cfg = compose("config", ["dataset=imagefolder", "dataset.path=/x"])
     assert cfg.dataset.val_fraction == 0.1
+
+
+def test_a_16_bit_greyscale_png_is_scaled_not_clipped(tmp_path):
+    """PIL's convert("RGB") clips 16-bit greyscale at 255: a 0..63000 ramp came out almost all white."""
+    ramp = (np.arange(64).reshape(8, 8) * 1000).astype(np.uint16)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        Image.fromarray(ramp).save(tmp_path / name / "ramp.png")
+    d = load_dataset("imagefolder", "train", 8, path=str(tmp_path), val_fraction=0)
+    got = d.images[0, 0].numpy().astype(int)
+    assert np.abs(got - np.rint(ramp / 257.0)).max() <= 1 and got.min() == 0 and got.max() == 245

@@ -115,8 +115,13 @@ def test_fewer_than_two_classes_is_refused(tmp_path):
     root = make_folder(tmp_path / "data", colours={"red": (255, 0, 0)})
     (root / ".hidden_class").mkdir()
     Image.new("RGB", (20, 20)).save(root / ".hidden_class" / "0.png")
-    with pytest.raises(DataMissingError, match="a class-conditional GAN needs at least 2 classes"):
+    with pytest.raises(DataMissingError, match="a class-conditional GAN needs at least 2 classes") as err:
         load(root)
+    assert "did you mean" not in str(err.value)
+    wrapped = make_folder(tmp_path / "wrap" / "imgs")  # one level too high: the classes are one folder down
+    with pytest.raises(DataMissingError) as err:
+        load(wrapped.parent)
+    assert f"did you mean dataset.path={wrapped}, whose sub-folders would be the classes?" in str(err.value)
 
 
 def test_symlinks_out_of_the_root_are_skipped_and_loops_detected(tmp_path, caplog):

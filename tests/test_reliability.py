@@ -36,6 +36,15 @@ def wait_for_iteration(run_dir: Path, iteration: int, proc: subprocess.Popen, ti
     raise TimeoutError(f"{run_dir} never reached iteration {iteration}")
 
 
+def sigterm_until_preempted(proc: subprocess.Popen, run_dir: Path, timeout: float) -> dict:
+    """SIGTERM the job, which must stop cleanly (exit 0, one line, no traceback); its status.json."""
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-2000:]
+    assert "preempted by SIGTERM" in err and "Traceback" not in err
+    return json.loads((run_dir / "status.json").read_text())
+
+
 def final_metrics(run_dir: Path) -> dict:
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     final = [x for x in lines if x["phase"] == "final"]
@@ -75,11 +84,7 @@ def test_sigterm_checkpoints_and_marks_preempted_then_resumes(tmp_path):
     run_dir = tmp_path / "run"
     proc = start_cli(*LONG, f"hydra.run.dir={run_dir}")
     wait_for_iteration(run_dir, 6, proc)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
-    assert "preempted by SIGTERM" in err and "Traceback" not in err
-    status = json.loads((run_dir / "status.json").read_text())
+    status = sigterm_until_preempted(proc, run_dir, timeout=120)
     assert status["state"] == "preempted" and "SIGTERM" in status["reason"]
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert ckpt["iteration"] == status["iteration"] < 60  # the checkpoint is exactly where it stopped
@@ -104,11 +109,7 @@ def test_sigterm_during_the_final_evaluation_marks_preempted_then_rerun_evaluate
             pass
         time.sleep(0.05)
     time.sleep(1)  # inside the 50000-image evaluation
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-2000:]
-    assert "preempted by SIGTERM" in err and "Traceback" not in err
-    status = json.loads((run_dir / "status.json").read_text())
+    status = sigterm_until_preempted(proc, run_dir, timeout=300)
     assert status["state"] == "preempted" and "final evaluation" in status["reason"]
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert not [x for x in lines if x["phase"] == "final"] and not (run_dir / "per_class.csv").exists()
@@ -350,10 +351,6 @@ def test_sigterm_while_the_data_and_evaluation_are_prepared_preempts_cleanly(tmp
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         time.sleep(0.05)
     time.sleep(1)  # inside the classifier's training
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err[-2000:]
-    assert "preempted by SIGTERM" in err and "Traceback" not in err
-    status = json.loads((run_dir / "status.json").read_text())
+    status = sigterm_until_preempted(proc, run_dir, timeout=120)
     assert status["state"] == "preempted" and "while preparing the data and evaluation" in status["reason"]
     assert not (run_dir / "checkpoints").exists()  # stopped before training

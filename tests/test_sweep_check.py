@@ -188,3 +188,18 @@ def test_the_finetune_recipe_without_a_parent_is_refused_before_any_job():
     assert problem.startswith("sweep job 0 of 4 (") and problem.endswith(
         "finetune.parent=runs/no_such_run is not allowed: no such directory (give the run directory of a "
         "completed run)")
+
+
+@pytest.mark.slow
+def test_a_sweep_rerun_whose_jobs_are_refused_exits_2(tmp_path):
+    """Rerunning a finished sweep with a setting its folder names leave out (here where the data is) refuses
+    every job, rightly; the sweep still ended with exit code 0 and 'to add seeds ... rerun it', as if done."""
+    sweep = tmp_path / "sweep"
+    first = run_cli("-m", "seed=0", *SMOKE, f"hydra.sweep.dir={sweep}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = run_cli("-m", "seed=0", *SMOKE, f"+dataset.path={tmp_path}", f"hydra.sweep.dir={sweep}")
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert "error: 1 of the sweep's jobs were refused" in again.stderr and "to add seeds" not in again.stderr
+    (run,) = [p for p in sweep.iterdir() if (p / "status.json").exists()]
+    assert json.loads((run / "status.json").read_text())["state"] == "completed"  # its results kept
+    assert run_cli("-m", "seed=0", *SMOKE, f"hydra.sweep.dir={sweep}").returncode == 0  # the marker is per sweep run

@@ -106,8 +106,11 @@ def _checked_scan(root: Path) -> "_Scan":
                                f"in its own folder, e.g. {root}/cat/001.png{scan.note()}")
     _refuse_empty_classes(root, scan.classes, [len(files) for files in scan.files], "png/jpg/jpeg", scan)
     if len(scan.classes) < 2:
+        inner = root / scan.classes[0]
+        deeper = f"; did you mean dataset.path={inner}, whose sub-folders would be the classes?" \
+            if sum(p.is_dir() and not p.name.startswith(".") for p in inner.iterdir()) >= 2 else ""
         raise DataMissingError(f"dataset.path={root} has 1 class folder ({scan.classes[0]}): a class-conditional "
-                               f"GAN needs at least 2 classes (one sub-folder of images per class)")
+                               f"GAN needs at least 2 classes (one sub-folder of images per class){deeper}")
     return scan
 
 
@@ -260,11 +263,17 @@ def center_crop_resize(img, resolution: int) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
 
+WIDE_GREY = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # PIL's modes of 16-bit greyscale files
+
+
 def _decode(f: Path, transform):
     from PIL import Image
     try:
         with open(f, "rb") as fh:
             img = Image.open(fh)
+            if img.mode in WIDE_GREY:  # 16-bit greyscale (PNG): scaled to 8 bits; convert() would clip at 255
+                grey = np.asarray(img, dtype=np.float64) / 257.0
+                img = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), "L")
             img = img.convert("RGB")  # decodes the whole file: truncated/corrupt data fails here
         return transform(img)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:

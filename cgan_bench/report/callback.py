@@ -38,9 +38,29 @@ def publish_target(config: DictConfig, name: str) -> Path | None:
 OVERWRITE = "report.overwrite=true"
 
 
+REFUSED = ".refused_jobs.jsonl"  # in the sweep folder: one line per job refused in this sweep (app.main)
+
+
+def note_refusal(sweep_dir: Path, job_dir: Path, error: str) -> None:
+    """A refused job of a sweep (one line appended, from whichever process ran it): the sweep then ends with exit
+    code 2, even where the job's folder still reads `completed` from before (a rerun with changed settings)."""
+    import json
+    with open(Path(sweep_dir) / REFUSED, "a") as f:
+        f.write(json.dumps({"job": str(job_dir), "error": error}) + "\n")
+
+
+def refused_jobs(sweep_dir: Path) -> list[dict]:
+    import json
+    try:
+        return [json.loads(line) for line in (Path(sweep_dir) / REFUSED).read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
 class ReportOnMultirunEnd(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        (sweep_dir / REFUSED).unlink(missing_ok=True)  # an earlier run of this sweep's refusals are not this one's
         if config.get("report_dir"):
             log.warning("report_dir is deprecated: use report.publish=PATH (the report always lands in %s)",
                         sweep_dir / OWN_FOLDER)
@@ -76,6 +96,11 @@ class ReportOnMultirunEnd(Callback):
             print(f"error: {len(bad)} of {len(runs)} jobs did not complete; {where}", file=sys.stderr)
         if len(bad) or report is None:
             sys.exit(1)
+        refused = refused_jobs(sweep_dir)
+        if refused:  # their folders keep what they held (e.g. completed runs of other settings): exit code 2
+            print(f"error: {len(refused)} of the sweep's jobs were refused (the error lines above; e.g. "
+                  f"{refused[0]['job']}: {refused[0]['error']})", file=sys.stderr)
+            sys.exit(2)
         # a plain rerun starts a new timestamped folder and trains everything again
         log.info("to add seeds or heads to this sweep, rerun it with hydra.sweep.dir=%s (finished jobs are skipped)",
                  sweep_dir)
