@@ -128,6 +128,25 @@ def test_batches_stream_through_worker_processes(tmp_path):
     data.close()
 
 
+def test_more_workers_than_cores_are_capped_and_give_the_same_batches(tmp_path, monkeypatch):
+    """dataset.stream_workers=4 (the default) on a 2-core machine printed torch's DataLoader warning; the workers
+    are capped at the usable cores, which changes no batch (the sampler draws every batch's rows here)."""
+    import os
+    import warnings
+    root = make_tree(tmp_path / "data")
+    opts = dict(path=str(root), storage="stream", store_dir=str(tmp_path / "s"), skip_bad_files=True, val_fraction=0)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    batches = []
+    for workers in (1, 8):
+        data = load_dataset("imagefolder", "train", R, stream_workers=workers, **opts).to("cpu")
+        torch.manual_seed(0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # torch's "suggested max number of worker" warning fails here
+            batches.append([data.sample(4) for _ in range(3)])
+        data.close()
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(*batches))
+
+
 def test_held_out_split_is_the_device_paths_split(tmp_path):
     root = make_tree(tmp_path / "data")
     opts = dict(path=str(root), skip_bad_files=True, val_fraction=0.25, store_dir=str(tmp_path / "s"),

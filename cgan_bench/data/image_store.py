@@ -293,9 +293,13 @@ class StreamedImageData:
         g = torch.Generator().manual_seed(seed + 7919 * self.sampler_rank)  # then apart by rank
         sampler = BatchSampler(RandomSampler(dataset, replacement=True, num_samples=2**62, generator=g),
                                batch_size, drop_last=True)
-        loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=self.workers,
-                            pin_memory=self.device.type == "cuda", persistent_workers=self.workers > 0,
-                            prefetch_factor=4 if self.workers > 0 else None)
+        # at most one worker per usable core (torch warns beyond that); the batches do not depend on the count:
+        # the sampler above draws every batch's rows in this process, the workers only read them
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        workers = min(self.workers, cores)
+        loader = DataLoader(dataset, batch_size=None, sampler=sampler, num_workers=workers,
+                            pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+                            prefetch_factor=4 if workers > 0 else None)
         self._batches, self._batch_size = iter(loader), batch_size
 
     def close(self) -> None:
