@@ -473,7 +473,8 @@ def main(cfg: DictConfig) -> float | None:
     try:
         final = run_job(cfg, Path(hc.runtime.output_dir), group, job_num, hydra_files)
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
+        if distributed.env_world()[0] == 0:  # every rank refuses alike: rank 0 says it, once
+            print(f"error: {err}", file=sys.stderr)
         if multirun:
             from .report.callback import note_refusal  # pandas: imported only where a sweep needs it
             note_refusal(Path(hc.sweep.dir), Path(hc.runtime.output_dir), str(err))  # the sweep's exit code: 2

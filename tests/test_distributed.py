@@ -181,6 +181,12 @@ def test_torchrun_checkpoint_resumes_on_one_process(tmp_path):
     lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in lines if r["phase"] == "train"] == [1, 2]  # once, not once per rank
 
+    bad = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                          str(free_port()), "-m", "cgan_bench", *args[:-1], "train.batch_d=9",
+                          f"hydra.run.dir={tmp_path / 'bad'}"], capture_output=True, text=True, cwd=tmp_path, env=env,
+                         timeout=600)
+    assert bad.returncode != 0 and bad.stderr.count("error: train.batch_d=9") == 1, bad.stderr[-3000:]  # rank 0's
+
     one = subprocess.run([sys.executable, "-m", "cgan_bench", *args[:-2], "train.iterations=3",
                           f"hydra.run.dir={run_dir}"], capture_output=True, text=True, cwd=tmp_path, env=env,
                          timeout=600)
