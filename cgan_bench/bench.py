@@ -24,6 +24,7 @@ import time
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
@@ -682,7 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
     torch.backends.cudnn.benchmark = True
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
-              "cpu": cpu_description(), "torch": torch.__version__, "config": {"model": dict(cfg.model), "resolution": cfg.dataset.resolution,
+              "cpu": cpu_description(), "torch": torch.__version__, "config": {"model": OmegaConf.to_container(cfg.model, resolve=True), "resolution": cfg.dataset.resolution,
                                                      "n_dis": cfg.train.n_dis, "batch_d": cfg.train.batch_d,
                                                      "batch_g": cfg.train.batch_g, "overrides": args.overrides},
               "method": f"median of {args.repeats} timed iterations after {args.warmup} warm-up, device synchronised",

@@ -291,3 +291,12 @@ def test_a_profiler_failure_is_recorded_and_keeps_the_timing(capsys, monkeypatch
     monkeypatch.setattr(torch.profiler, "profile", Unavailable)
     row = run_bench(capsys, "--profile", "--heads", "projection")["train"][0]
     assert row["profile"] == {"error": "RuntimeError: CUPTI unavailable"} and row["it_per_s"] > 0
+
+
+def test_the_imagenet_models_row_writes_its_json(capsys):
+    """The 128px row (issue 13's one GPU number) crashed after timing: its model config holds lists (g_mult,
+    d_mult), which json could not write, so the script's only 128px row would have come back empty."""
+    out = run_bench(capsys, "--heads", "projection", "model=sngan_128", "dataset.resolution=128", "model.g_ch=2",
+                    "model.d_ch=2", "train.batch_d=2", "train.batch_g=2", "--n-classes", "4")
+    assert out["config"]["model"]["g_mult"] == [16, 16, 8, 4, 2, 1] and out["config"]["resolution"] == 128
+    assert out["train"][0]["it_per_s"] > 0
